@@ -1,0 +1,217 @@
+# Reference outputs from real R for LMM from Scratch.
+#
+# Run from the repository root:
+#     Rscript data/reference/make_reference.R [ROOT]
+# ROOT (default ".") is where data/ is written; tests/test_r_live.py passes a temporary folder to compare a
+# fresh run of R with the stored files.
+# Needs R with lme4, nlme and lmerTest (Debian: apt-get install -y r-cran-lme4 r-cran-nlme r-cran-lmertest).
+#
+# Writes
+#   data/toy.csv, data/sleepstudy.csv, data/grouseticks.csv, data/singular.csv   the datasets
+#   data/reference/r_reference.csv      every number, long format: dataset, model, quantity, term, value
+#   data/reference/*.txt                R's own printed summaries, shown beside the Python results
+#   data/reference/versions.txt         R and package versions that produced them
+# Neither the notebooks nor the tests need R: they read these files.
+
+suppressPackageStartupMessages({
+  library(lme4)
+  library(nlme)
+  library(lmerTest)
+})
+
+args <- commandArgs(trailingOnly = TRUE)
+root <- if (length(args) >= 1L) args[1] else "."
+out_dir <- file.path(root, "data", "reference")
+dir.create(out_dir, showWarnings = FALSE, recursive = TRUE)
+rows <- list()
+emit <- function(dataset, model, quantity, term, value) {
+  value <- as.numeric(value)
+  if (is.null(term)) term <- ""
+  if (length(term) == 1L && length(value) > 1L) term <- rep(term, length(value))
+  rows[[length(rows) + 1L]] <<- data.frame(dataset = dataset, model = model, quantity = quantity,
+                                           term = term, value = value, stringsAsFactors = FALSE)
+}
+save_text <- function(name, expr_output) {
+  writeLines(expr_output, file.path(out_dir, paste0(name, ".txt")))
+}
+write_data <- function(df, name) {
+  write.csv(df, file.path(root, "data", paste0(name, ".csv")), row.names = FALSE, quote = FALSE)
+}
+
+# ---- helpers that record one fitted model ---------------------------------------------------
+record_lmer <- function(dataset, model, fit) {
+  s <- summary(fit)
+  cf <- coef(s)
+  emit(dataset, model, "beta", rownames(cf), cf[, "Estimate"])
+  emit(dataset, model, "se", rownames(cf), cf[, "Std. Error"])
+  emit(dataset, model, "t", rownames(cf), cf[, "t value"])
+  if ("df" %in% colnames(cf)) {  # lmerTest: Satterthwaite
+    emit(dataset, model, "df", rownames(cf), cf[, "df"])
+    emit(dataset, model, "p", rownames(cf), cf[, "Pr(>|t|)"])
+  }
+  vc <- as.data.frame(VarCorr(fit))
+  emit(dataset, model, "sigma", "", sigma(fit))
+  emit(dataset, model, "sigma_s", "", vc$sdcor[1])
+  emit(dataset, model, "var_resid", "", vc$vcov[nrow(vc)])
+  emit(dataset, model, "var_s", "", vc$vcov[1])
+  emit(dataset, model, "loglik", "", as.numeric(logLik(fit)))
+  emit(dataset, model, "aic", "", AIC(fit))
+  emit(dataset, model, "bic", "", BIC(fit))
+  emit(dataset, model, "singular", "", as.numeric(isSingular(fit)))
+  emit(dataset, model, "nobs", "", nobs(fit))
+  re <- ranef(fit)[[1]]
+  emit(dataset, model, "ranef", rownames(re), re[, 1])
+  v <- as.matrix(vcov(fit))
+  emit(dataset, model, "vcov", as.vector(outer(rownames(v), colnames(v), paste, sep = ":")), as.vector(v))
+}
+
+record_lme <- function(dataset, model, fit) {
+  tt <- summary(fit)$tTable
+  emit(dataset, model, "beta", rownames(tt), tt[, "Value"])
+  emit(dataset, model, "se", rownames(tt), tt[, "Std.Error"])
+  emit(dataset, model, "df", rownames(tt), tt[, "DF"])
+  emit(dataset, model, "t", rownames(tt), tt[, "t-value"])
+  emit(dataset, model, "p", rownames(tt), tt[, "p-value"])
+  emit(dataset, model, "sigma", "", fit$sigma)
+  emit(dataset, model, "sigma_s", "", as.numeric(VarCorr(fit)[1, "StdDev"]))
+  emit(dataset, model, "loglik", "", as.numeric(logLik(fit)))
+}
+
+record_htest <- function(dataset, model, h) {
+  emit(dataset, model, "t", "", h$statistic)
+  emit(dataset, model, "df", "", h$parameter)
+  emit(dataset, model, "p", "", h$p.value)
+  emit(dataset, model, "estimate", names(h$estimate), h$estimate)
+  emit(dataset, model, "ci_lower", "", h$conf.int[1])
+  emit(dataset, model, "ci_upper", "", h$conf.int[2])
+}
+
+# lmerTest's summary gives Satterthwaite df and p on top of lme4's numbers.
+fit_both <- function(formula, data, reml) {
+  # Build the call so that printed summaries show the real formula and data name.
+  eval(call("lmer", formula, data = substitute(data), REML = reml), parent.frame())
+}
+
+# ---- the toy data of the article ------------------------------------------------------------
+toy <- data.frame(Ind = c(1, 1, 2, 2), Treat = c(0, 1, 0, 1), Resp = c(10, 25, 3, 6))
+write_data(toy, "toy")
+toy$IndF <- factor(toy$Ind)
+
+ols <- lm(Resp ~ Treat, data = toy)
+so <- summary(ols)
+emit("toy", "lm", "beta", rownames(coef(so)), coef(so)[, "Estimate"])
+emit("toy", "lm", "se", rownames(coef(so)), coef(so)[, "Std. Error"])
+emit("toy", "lm", "t", rownames(coef(so)), coef(so)[, "t value"])
+emit("toy", "lm", "p", rownames(coef(so)), coef(so)[, "Pr(>|t|)"])
+emit("toy", "lm", "sigma", "", so$sigma)
+emit("toy", "lm", "df_resid", "", ols$df.residual)
+emit("toy", "lm", "loglik", "", as.numeric(logLik(ols)))
+save_text("toy_lm", capture.output(print(so)))
+
+toy_ml <- fit_both(Resp ~ Treat + (1 | IndF), toy, reml = FALSE)
+toy_reml <- fit_both(Resp ~ Treat + (1 | IndF), toy, reml = TRUE)
+record_lmer("toy", "lmer_ML", toy_ml)
+record_lmer("toy", "lmer_REML", toy_reml)
+save_text("toy_lmer_ML", capture.output(print(summary(as(toy_ml, "lmerMod")))))
+save_text("toy_lmer_REML", capture.output(print(summary(as(toy_reml, "lmerMod")))))
+save_text("toy_lmerTest_ML", capture.output(print(summary(toy_ml))))
+save_text("toy_lmerTest_REML", capture.output(print(summary(toy_reml))))
+
+# Cell-means coding, as in the article: beta1 = untreated mean, beta2 = treated mean.
+toy$TreatF <- factor(toy$Treat)
+toy_cm <- lme4::lmer(Resp ~ 0 + TreatF + (1 | IndF), data = toy, REML = FALSE)
+record_lmer("toy", "lmer_ML_cellmeans", toy_cm)
+
+toy_lme_ml <- lme(Resp ~ Treat, random = ~ 1 | IndF, data = toy, method = "ML")
+toy_lme_reml <- lme(Resp ~ Treat, random = ~ 1 | IndF, data = toy, method = "REML")
+record_lme("toy", "lme_ML", toy_lme_ml)
+record_lme("toy", "lme_REML", toy_lme_reml)
+save_text("toy_lme_ML", capture.output(print(summary(toy_lme_ml))))
+save_text("toy_lme_REML", capture.output(print(summary(toy_lme_reml))))
+
+# t-tests: paired, Welch on raw Resp, and Student/Welch on Resp_std.
+untr <- toy$Resp[toy$Treat == 0]
+trt <- toy$Resp[toy$Treat == 1]
+paired <- t.test(trt, untr, paired = TRUE)
+welch <- t.test(Resp ~ Treat, data = transform(toy, Treat = factor(Treat, levels = c(1, 0))))
+toy$Resp_std <- toy$Resp - ave(ifelse(toy$Treat == 0, toy$Resp, 0), toy$Ind, FUN = sum)
+std_test <- t.test(toy$Resp_std[toy$Treat == 1], toy$Resp_std[toy$Treat == 0])
+record_htest("toy", "t_paired", paired)
+record_htest("toy", "t_welch_raw", welch)
+record_htest("toy", "t_welch_std", std_test)
+save_text("toy_t_paired", capture.output(print(paired)))
+save_text("toy_t_welch_raw", capture.output(print(welch)))
+save_text("toy_t_welch_std", capture.output(print(std_test)))
+
+# Likelihood-ratio test for Treat on ML fits (anova refits with ML anyway).
+toy_ml0 <- lme4::lmer(Resp ~ 1 + (1 | IndF), data = toy, REML = FALSE)
+toy_ml1 <- lme4::lmer(Resp ~ Treat + (1 | IndF), data = toy, REML = FALSE)
+record_lmer("toy", "lmer_ML_null", toy_ml0)
+a <- anova(toy_ml0, toy_ml1)
+emit("toy", "lrt_treat", "chisq", "", a$Chisq[2])
+emit("toy", "lrt_treat", "df", "", a[["Df"]][2])
+emit("toy", "lrt_treat", "p", "", a[["Pr(>Chisq)"]][2])
+emit("toy", "lrt_treat", "aic", c("null", "full"), a$AIC)
+save_text("toy_lrt_treat", capture.output(print(a)))
+
+# Profile-likelihood confidence intervals (lme4's spline-interpolated profile).
+ci <- suppressWarnings(confint(toy_ml1, method = "profile", oldNames = FALSE))
+emit("toy", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
+emit("toy", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
+save_text("toy_profile_ci", capture.output(print(ci)))
+
+# ---- sleepstudy (Belenky et al. 2003, as shipped with lme4) ---------------------------------
+data("sleepstudy", package = "lme4")
+write_data(sleepstudy[, c("Reaction", "Days", "Subject")], "sleepstudy")
+for (reml in c(FALSE, TRUE)) {
+  lab <- if (reml) "REML" else "ML"
+  f <- fit_both(Reaction ~ Days + (1 | Subject), sleepstudy, reml)
+  record_lmer("sleepstudy", paste0("lmer_", lab), f)
+  save_text(paste0("sleepstudy_lmer_", lab), capture.output(print(summary(f))))
+  fs <- fit_both(Reaction ~ Days + (Days | Subject), sleepstudy, reml)
+  record_lmer("sleepstudy", paste0("lmer_slopes_", lab), fs)
+  vc <- as.data.frame(VarCorr(fs))
+  emit("sleepstudy", paste0("lmer_slopes_", lab), "varcorr",
+       paste(vc$var1, ifelse(is.na(vc$var2), "", vc$var2), sep = ":"), vc$sdcor)
+  save_text(paste0("sleepstudy_lmer_slopes_", lab), capture.output(print(summary(fs))))
+}
+
+# ---- grouseticks (lme4): 403 chicks in 118 broods of unequal size --------------------------
+data("grouseticks", package = "lme4")
+gt <- data.frame(logTicks = log(grouseticks$TICKS + 1), Year = grouseticks$YEAR,
+                 Height = grouseticks$HEIGHT, Brood = grouseticks$BROOD)
+write_data(gt, "grouseticks")
+for (reml in c(FALSE, TRUE)) {
+  lab <- if (reml) "REML" else "ML"
+  f <- fit_both(logTicks ~ Year + Height + (1 | Brood), gt, reml)
+  record_lmer("grouseticks", paste0("lmer_", lab), f)
+  save_text(paste0("grouseticks_lmer_", lab), capture.output(print(summary(f))))
+}
+gt_ml <- lme4::lmer(logTicks ~ Year + Height + (1 | Brood), data = gt, REML = FALSE)
+gt_ml0 <- lme4::lmer(logTicks ~ Year + (1 | Brood), data = gt, REML = FALSE)
+a <- anova(gt_ml0, gt_ml)
+emit("grouseticks", "lrt_height", "chisq", "", a$Chisq[2])
+emit("grouseticks", "lrt_height", "df", "", a[["Df"]][2])
+emit("grouseticks", "lrt_height", "p", "", a[["Pr(>Chisq)"]][2])
+
+# ---- a boundary fit: little between-group variation, lme4 reports a singular fit ----------
+set.seed(20261125)
+sg <- data.frame(g = rep(sprintf("g%02d", 1:8), times = c(3, 4, 5, 6, 3, 4, 5, 6)))
+sg$x <- round(runif(nrow(sg), 0, 10), 2)
+sg$y <- round(2 + 0.5 * sg$x + rnorm(nrow(sg)), 3)
+write_data(sg, "singular")
+for (reml in c(FALSE, TRUE)) {
+  lab <- if (reml) "REML" else "ML"
+  f <- suppressMessages(fit_both(y ~ x + (1 | g), sg, reml))
+  record_lmer("singular", paste0("lmer_", lab), f)
+}
+
+# ---- write ----------------------------------------------------------------------------------
+ref <- do.call(rbind, rows)
+ref$value <- formatC(ref$value, digits = 17, format = "g")
+write.csv(ref, file.path(out_dir, "r_reference.csv"), row.names = FALSE)
+writeLines(c(R.version.string,
+             paste("lme4", packageVersion("lme4")),
+             paste("nlme", packageVersion("nlme")),
+             paste("lmerTest", packageVersion("lmerTest"))),
+           file.path(out_dir, "versions.txt"))

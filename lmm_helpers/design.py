@@ -1,0 +1,165 @@
+"""Design matrices, the random-effect indicator matrix K, and checking a model's inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ModelData", "check_inputs", "group_codes", "indicator_matrix", "toy_design"]
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """Validated inputs of a random-intercept model ``y = X beta + K u + e``.
+
+    Attributes
+    ----------
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+    codes : ndarray of int, shape (n,)
+        Group index of each row, ``0 .. n_groups-1``.
+    labels : pandas.Index
+        The group label of each code.
+    names : list of str
+        Names of the columns of X.
+    """
+
+    y: np.ndarray
+    X: np.ndarray
+    codes: np.ndarray
+    labels: pd.Index
+    names: list
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.labels)
+
+
+def _numeric(name: str, value) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be numeric (real numbers), got dtype {arr.dtype}")
+    arr = arr.astype(float, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf; drop or impute those rows first")
+    return arr
+
+
+def group_codes(groups) -> tuple[np.ndarray, pd.Index]:
+    """Turn any hashable group labels into integer codes ``0..G-1`` and the labels in sorted order.
+
+    Parameters
+    ----------
+    groups : array-like of hashable
+        One label per row: numbers, strings, a pandas Categorical or Series.
+    """
+    if isinstance(groups, pd.DataFrame) or (isinstance(groups, np.ndarray) and groups.ndim != 1):
+        raise ValueError(f"groups must be 1-D (one label per row), got shape {np.shape(groups)}")
+    if not isinstance(groups, (pd.Series, pd.Index, np.ndarray, pd.api.extensions.ExtensionArray)):
+        groups = pd.Series(list(groups))  # a list or other sequence of hashable labels
+    try:
+        codes, labels = pd.factorize(groups, sort=True)
+    except TypeError:  # labels of mixed types that cannot be ordered
+        codes, labels = pd.factorize(groups, sort=False)
+    if np.any(codes < 0):
+        raise ValueError("groups contains missing labels (NaN or None)")
+    return codes.astype(np.intp, copy=False), pd.Index(labels)
+
+
+def check_inputs(y, X, groups, names=None) -> ModelData:
+    """Check the inputs of a random-intercept model and return them as arrays.
+
+    Raises
+    ------
+    ValueError
+        Naming the argument and the problem: non-numeric, NaN or inf, wrong shapes, mismatched lengths,
+        fewer than two groups, no group with two rows, rank-deficient X, more parameters than observations.
+    """
+    if names is None and isinstance(X, pd.DataFrame):
+        names = [str(c) for c in X.columns]
+    y = _numeric("y", y)
+    X = _numeric("X", X)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n rows by p columns, with its own intercept column), got shape {X.shape}")
+    n, p = X.shape
+    if len(y) != n:
+        raise ValueError(f"y has {len(y)} rows but X has {n}: lengths must match")
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} labels but y has {n} rows: lengths must match")
+    if p == 0:
+        raise ValueError("X has no columns")
+    codes, labels = group_codes(groups)
+    n_groups = len(labels)
+    if n_groups < 2:
+        raise ValueError(f"groups has {n_groups} distinct label(s); a random effect needs at least two groups")
+    if n_groups >= n:
+        raise ValueError(
+            f"groups has {n_groups} labels for {n} rows: every group has one row, so the group variance "
+            "and the residual variance cannot be told apart"
+        )
+    if p + 2 > n:
+        raise ValueError(f"more parameters ({p} fixed effects + 2 variances) than observations ({n})")
+    if names is None:
+        names = [f"x{j}" for j in range(p)]
+    names = [str(nm) for nm in names]
+    if len(names) != p:
+        raise ValueError(f"names has {len(names)} entries but X has {p} columns")
+    # Rank of X from its column-scaled cross-product: cheap (p x p) and scale-free.
+    xtx = X.T @ X
+    scale = np.sqrt(np.diag(xtx))
+    if np.any(scale == 0):
+        raise ValueError(f"X is rank-deficient: column {names[int(np.argmin(scale))]!r} is all zeros")
+    eig = np.linalg.eigvalsh(xtx / np.outer(scale, scale))
+    if eig[0] < 1e-12 * p:
+        raise ValueError(
+            f"X is rank-deficient (its columns are linearly dependent, smallest scaled eigenvalue {eig[0]:.1e})"
+        )
+    return ModelData(y=y, X=X, codes=codes, labels=labels, names=names)
+
+
+def indicator_matrix(codes, n_groups: int | None = None) -> np.ndarray:
+    """Return the n x G matrix K with ``K[i, g] = 1`` when row i belongs to group g (dense; for teaching).
+
+    Parameters
+    ----------
+    codes : array-like of int
+        Group index of each row, as from :func:`group_codes`.
+    n_groups : int, optional
+        Number of groups; defaults to ``max(codes) + 1``.
+    """
+    codes = np.asarray(codes)
+    if n_groups is None:
+        n_groups = int(codes.max()) + 1
+    K = np.zeros((len(codes), n_groups))
+    K[np.arange(len(codes)), codes] = 1.0
+    return K
+
+
+def toy_design(df: pd.DataFrame, coding: str = "treatment") -> np.ndarray:
+    """Fixed-effect design matrix of the toy data.
+
+    Parameters
+    ----------
+    df : DataFrame
+        With a 0/1 column ``Treat``.
+    coding : {"treatment", "cellmeans"}
+        ``"treatment"``: columns (1, Treat), so beta = (untreated mean, treatment effect).
+        ``"cellmeans"``: columns (1 - Treat, Treat), the article's coding, beta = (untreated mean, treated mean).
+    """
+    treat = df["Treat"].to_numpy(dtype=float)
+    if coding == "treatment":
+        return np.column_stack([np.ones_like(treat), treat])
+    if coding == "cellmeans":
+        return np.column_stack([1.0 - treat, treat])
+    raise ValueError(f"coding must be 'treatment' or 'cellmeans', got {coding!r}")

@@ -1,0 +1,270 @@
+"""Fitting the random-intercept model ``y = X beta + K u + e`` by ML or REML, and the result object."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from .design import ModelData, check_inputs, indicator_matrix
+from .likelihood import (
+    GroupSums,
+    ProfiledPoint,
+    _check_method,
+    group_sums,
+    profiled_deviance,
+    profiled_loglik_dense,
+)
+
+__all__ = ["LMMResult", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
+
+# theta = sigma_s^2 / sigma^2 is scale-free, so one fixed grid brackets the optimum for any data.
+_THETA_GRID = np.concatenate([[0.0], np.logspace(-8.0, 8.0, 17)])
+_THETA_MAX = 1e16
+
+
+@dataclass(frozen=True)
+class LMMResult:
+    """A fitted random-intercept model, in lme4's conventions.
+
+    Attributes
+    ----------
+    beta : ndarray (p,)
+        Fixed-effect estimates, one per column of X.
+    sigma, sigma_s : float
+        Residual and random-intercept standard deviations (``sigma_s`` is 0.0 on a boundary fit).
+    loglik : float
+        Maximised log-likelihood (ML) or restricted log-likelihood (REML).
+    converged : bool
+        The optimum was located and checked (derivative zero inside, or non-negative at the boundary).
+    singular : bool
+        Boundary fit: the random-intercept variance is estimated as 0 (lme4's ``isSingular``).
+    bse, tvalues, df, pvalues : ndarray (p,)
+        Standard errors from ``sigma^2 (X^T V^-1 X)^-1``, t-values, Satterthwaite degrees of freedom (as lmerTest)
+        and two-sided p-values.
+    vcov : ndarray (p, p)
+        Covariance matrix of ``beta``.
+    aic, bic : float
+        From ``loglik`` with ``p + 2`` parameters (REML fits use the REML criterion, as lme4 does).
+    random_effects : pandas.Series
+        Predicted random intercepts (BLUPs), indexed by group label.
+    """
+
+    beta: np.ndarray
+    sigma: float
+    sigma_s: float
+    loglik: float
+    converged: bool
+    singular: bool
+    method: str
+    theta: float
+    bse: np.ndarray
+    tvalues: np.ndarray
+    df: np.ndarray
+    pvalues: np.ndarray
+    vcov: np.ndarray
+    aic: float
+    bic: float
+    random_effects: pd.Series
+    names: list
+    n_obs: int
+    n_groups: int
+    scaled_resid_quantiles: np.ndarray = field(repr=False)
+
+    @property
+    def fe_params(self) -> pd.Series:
+        """``beta`` as a Series indexed by the column names of X."""
+        return pd.Series(self.beta, index=self.names, name="Estimate")
+
+    @property
+    def deviance(self) -> float:
+        """``-2 loglik``: lme4's deviance (ML) or REML criterion."""
+        return -2.0 * self.loglik
+
+    def summary(self, formula: str | None = None, data: str | None = None, group: str = "Group") -> str:
+        """Text laid out like lme4's ``summary()`` with lmerTest's Satterthwaite columns."""
+        how = "maximum likelihood" if self.method == "ML" else "REML"
+        lines = [f"Linear mixed model fit by {how} . t-tests use Satterthwaite's method [lmm_helpers]"]
+        if formula:
+            lines.append(f"Formula: {formula}")
+        if data:
+            lines.append(f"   Data: {data}")
+        lines.append("")
+        k = len(self.beta) + 2
+        if self.method == "ML":
+            head = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
+            vals = [self.aic, self.bic, self.loglik, self.deviance]
+            lines.append(" " + " ".join(f"{h:>8}" for h in head))
+            lines.append(" " + " ".join(f"{v:>8.1f}" for v in vals) + f" {self.n_obs - k:>8d}")
+        else:
+            lines.append(f"REML criterion at convergence: {self.deviance:.1f}")
+        lines += ["", "Scaled residuals: ", "    Min      1Q  Median      3Q     Max "]
+        lines.append(" ".join(f"{q:7.4f}" for q in self.scaled_resid_quantiles))
+        lines += ["", "Random effects:", f" {'Groups':<9}{'Name':<12}{'Variance':<9}{'Std.Dev.'}"]
+        lines.append(f" {group:<9}{'(Intercept)':<12}{self.sigma_s**2:<9.4g}{self.sigma_s:.4g}")
+        lines.append(f" {'Residual':<9}{'':<12}{self.sigma**2:<9.4g}{self.sigma:.4g}")
+        lines.append(f"Number of obs: {self.n_obs}, groups:  {group}, {self.n_groups}")
+        if self.singular:
+            lines.append("boundary (singular) fit: the random-intercept variance is estimated as 0")
+        lines += ["", "Fixed effects:"]
+        table = pd.DataFrame({"Estimate": self.beta, "Std. Error": self.bse, "df": self.df,
+                              "t value": self.tvalues, "Pr(>|t|)": self.pvalues}, index=self.names)
+        lines.append(table.to_string(float_format=lambda v: f"{v:.4g}"))
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ optimisation
+def _minimise_theta(sums: GroupSums, method: str) -> tuple[ProfiledPoint, bool]:
+    """Locate the theta that minimises the profiled deviance; return the point and whether it converged."""
+    points = [profiled_deviance(t, sums, method) for t in _THETA_GRID]
+    while points[-1].grad < 0 and points[-1].deviance <= min(p.deviance for p in points):
+        if points[-1].theta >= _THETA_MAX:
+            raise ValueError(
+                "y has no residual variation within groups once X is fitted: the likelihood is unbounded"
+            )
+        points.append(profiled_deviance(points[-1].theta * 100.0, sums, method))
+    k = int(np.argmin([p.deviance for p in points]))
+    best = points[k]
+    if k == 0 and best.grad >= 0:
+        return best, True  # boundary: the deviance rises as theta leaves 0
+    # The minimum lies where the derivative changes sign next to the best grid point.
+    lo, hi = (points[k], points[k + 1]) if best.grad < 0 else (points[k - 1], points[k])
+    if lo.grad < 0 < hi.grad:
+        root, info = optimize.brentq(lambda t: profiled_deviance(t, sums, method).grad, lo.theta, hi.theta,
+                                     xtol=1e-300, rtol=4 * np.finfo(float).eps, full_output=True,
+                                     disp=False)
+        opt = profiled_deviance(root, sums, method)
+        converged = bool(info.converged)
+    else:  # derivative too flat to bracket: fall back to a bounded search on log(theta)
+        a, b = np.log(max(lo.theta, 1e-12)), np.log(hi.theta)
+        res = optimize.minimize_scalar(lambda s: profiled_deviance(np.exp(s), sums, method).deviance,
+                                       bounds=(a, b), method="bounded", options={"xatol": 1e-12})
+        opt = profiled_deviance(float(np.exp(res.x)), sums, method)
+        converged = bool(res.success)
+    if opt.deviance > best.deviance:
+        opt, converged = best, False
+    return opt, converged
+
+
+# -------------------------------------------------------------------------------------- Satterthwaite df
+def satterthwaite_df(sums: GroupSums, point: ProfiledPoint, method: str, contrasts: np.ndarray) -> np.ndarray:
+    """Satterthwaite degrees of freedom for each row ``c`` of ``contrasts``, as lmerTest computes them.
+
+    Uses analytic derivatives of the deviance and of ``var(c^T beta) = sigma^2 c^T A^-1 c`` in the variance
+    parameters ``(rho, sigma)``, ``rho = sigma_s / sigma`` (lmerTest's parametrisation), and
+    ``df = 2 var^2 / (g^T (2 H^-1) g)``.
+    """
+    p, m = sums.p, sums.n - (sums.p if method == "REML" else 0)
+    theta, s2, r, A, d, e = point.theta, point.sigma2, point.r, point.A, point.d, point.resid_means
+    xbar = sums.means[:, :p]
+    Ainv = np.linalg.inv(A)
+    B = (xbar.T * d**2) @ xbar
+    h = xbar.T @ (d**2 * e)
+    r1 = -np.sum(d**2 * e**2)
+    r2 = 2.0 * np.sum(d**3 * e**2) - 2.0 * h @ Ainv @ h
+    D_t = np.sum(d) + r1 / s2
+    D_tt = -np.sum(d**2) + r2 / s2
+    if method == "REML":
+        C = (xbar.T * d**3) @ xbar
+        D_t -= np.trace(Ainv @ B)
+        D_tt += -np.trace(Ainv @ B @ Ainv @ B) + 2.0 * np.trace(Ainv @ C)
+    D_s = m / s2 - r / s2**2
+    D_ss = -m / s2**2 + 2.0 * r / s2**3
+    D_ts = -r1 / s2**2
+    rho, sig = np.sqrt(theta), np.sqrt(s2)
+    H = np.array([[4 * theta * D_tt + 2 * D_t, 4 * rho * sig * D_ts],
+                  [4 * rho * sig * D_ts, 4 * s2 * D_ss + 2 * D_s]])
+    contrasts = np.atleast_2d(contrasts)
+    var = s2 * np.einsum("ij,jk,ik->i", contrasts, Ainv, contrasts)
+    dvar_t = s2 * np.einsum("ij,jk,ik->i", contrasts, Ainv @ B @ Ainv, contrasts)
+    dvar_s = var / s2
+    g = np.vstack([2 * rho * dvar_t, 2 * sig * dvar_s])  # shape (2, k)
+    quad = np.einsum("ik,ij,jk->k", g, np.linalg.inv(H), g)
+    return var**2 / quad
+
+
+# ---------------------------------------------------------------------------------------------- the fit
+def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str, converged: bool) -> LMMResult:
+    p, n = data.p, data.n
+    sigma2 = point.sigma2
+    singular = point.theta == 0.0
+    vcov = sigma2 * np.linalg.inv(point.A)
+    bse = np.sqrt(np.diag(vcov))
+    tvalues = point.beta / bse
+    df = satterthwaite_df(sums, point, method, np.eye(p))
+    pvalues = 2.0 * stats.t.sf(np.abs(tvalues), df)
+    loglik = -0.5 * point.deviance
+    k = p + 2
+    blups = point.theta * point.d * point.resid_means
+    resid = data.y - data.X @ point.beta - blups[data.codes]
+    scaled = np.quantile(resid / np.sqrt(sigma2), [0.0, 0.25, 0.5, 0.75, 1.0])
+    return LMMResult(
+        beta=point.beta, sigma=float(np.sqrt(sigma2)), sigma_s=float(np.sqrt(point.theta * sigma2)),
+        loglik=loglik, converged=converged, singular=singular, method=method, theta=point.theta,
+        bse=bse, tvalues=tvalues, df=df, pvalues=pvalues, vcov=vcov,
+        aic=-2.0 * loglik + 2 * k, bic=-2.0 * loglik + k * np.log(n),
+        random_effects=pd.Series(blups, index=data.labels, name="(Intercept)"),
+        names=data.names, n_obs=n, n_groups=data.n_groups, scaled_resid_quantiles=scaled,
+    )
+
+
+def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
+    """Fit ``y = X beta + u[group] + e`` with ``u ~ N(0, sigma_s^2)``, ``e ~ N(0, sigma^2)`` by ML or REML.
+
+    The O(n) route: one pass gathers per-group means and within-group cross-products, then beta and sigma^2
+    are profiled out in closed form and the remaining one-dimensional problem in
+    ``theta = sigma_s^2 / sigma^2`` is solved to machine precision (a root of its analytic derivative).
+
+    Parameters
+    ----------
+    y : array-like, shape (n,)
+        Response.
+    X : array-like or DataFrame, shape (n, p)
+        Fixed-effect design, including its own intercept column.
+    groups : array-like of hashable, shape (n,)
+        Group label of each row (numbers, strings, categorical).
+    method : {"ML", "REML"}
+    names : list of str, optional
+        Names of the columns of X (taken from a DataFrame's columns by default).
+
+    Returns
+    -------
+    LMMResult
+
+    Raises
+    ------
+    ValueError
+        For bad input: see :func:`lmm_helpers.design.check_inputs`.
+    """
+    _check_method(method)
+    data = check_inputs(y, X, groups, names)
+    sums = group_sums(data.y, data.X, data.codes, data.n_groups)
+    point, converged = _minimise_theta(sums, method)
+    return _result(data, sums, point, method, converged)
+
+
+def fit_lmm_dense(y, X, groups, method: str = "ML") -> tuple[np.ndarray, float, float, float]:
+    """The from-scratch route of notebook 06 for any data: build the n x n Sigma and maximise numerically.
+
+    Optimises over ``(log sigma, log sigma_s)`` with beta at its GLS value; O(n^3). For teaching and as a
+    cross-check of :func:`fit_lmm`; cannot reach a boundary fit exactly.
+
+    Returns
+    -------
+    beta, sigma, sigma_s, loglik
+    """
+    _check_method(method)
+    data = check_inputs(y, X, groups)
+    K = indicator_matrix(data.codes, data.n_groups)
+
+    def objective(log_sd):
+        return -profiled_loglik_dense(data.y, data.X, K, *np.exp(log_sd), method=method)[0]
+
+    sd0 = np.log(np.std(data.y) / np.sqrt(2.0))
+    res = optimize.minimize(objective, x0=[sd0, sd0], method="Nelder-Mead",
+                            options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 4000})
+    sigma, sigma_s = np.exp(res.x)
+    loglik, beta = profiled_loglik_dense(data.y, data.X, K, sigma, sigma_s, method=method)
+    return beta, float(sigma), float(sigma_s), float(loglik)
+

@@ -1,0 +1,168 @@
+"""fit_lmm against real lme4/lmerTest output, closed forms, the dense route, and bad input."""
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import design, r_values
+
+import lmm_helpers as lh
+
+CASES = [(ds, m) for ds in ["toy", "sleepstudy", "grouseticks", "singular"] for m in ["ML", "REML"]]
+
+
+@pytest.mark.parametrize("dataset,method", CASES)
+def test_estimates_match_lme4(ref, dataset, method):
+    y, X, g, names = design(dataset)
+    fit = lh.fit_lmm(y, X, g, method, names=names)
+    model = f"lmer_{method}"
+    rb = r_values(ref, dataset, model, "beta")
+    assert list(rb.index) == names
+    np.testing.assert_allclose(fit.beta, rb.to_numpy(), rtol=1e-6, atol=1e-9 * np.abs(rb).max())
+    assert fit.sigma == pytest.approx(r_values(ref, dataset, model, "sigma").item(), rel=1e-6)
+    assert fit.sigma_s == pytest.approx(r_values(ref, dataset, model, "sigma_s").item(), rel=1e-6, abs=1e-12)
+    r_ll = r_values(ref, dataset, model, "loglik").item()
+    assert fit.loglik == pytest.approx(r_ll, rel=1e-6)
+    assert fit.loglik >= r_ll - 1e-9 * abs(r_ll)  # never short of lme4's optimum
+    assert fit.converged
+
+
+@pytest.mark.parametrize("dataset,method", CASES)
+def test_inference_matches_lmertest(ref, dataset, method):
+    y, X, g, names = design(dataset)
+    fit = lh.fit_lmm(y, X, g, method, names=names)
+    model = f"lmer_{method}"
+    np.testing.assert_allclose(fit.bse, r_values(ref, dataset, model, "se"), rtol=2e-6)
+    np.testing.assert_allclose(fit.tvalues, r_values(ref, dataset, model, "t"), rtol=2e-6)
+    np.testing.assert_allclose(fit.df, r_values(ref, dataset, model, "df"), rtol=1e-5)
+    np.testing.assert_allclose(fit.pvalues, r_values(ref, dataset, model, "p"), rtol=1e-5)
+    assert fit.aic == pytest.approx(r_values(ref, dataset, model, "aic").item(), rel=1e-6)
+    assert fit.bic == pytest.approx(r_values(ref, dataset, model, "bic").item(), rel=1e-6)
+    assert fit.singular == bool(r_values(ref, dataset, model, "singular").item())
+    re_r = r_values(ref, dataset, model, "ranef")
+    re_py = fit.random_effects.copy()
+    re_py.index = re_py.index.astype(str)
+    np.testing.assert_allclose(re_py[re_r.index], re_r, rtol=1e-5, atol=1e-6 * fit.sigma_s + 1e-12)
+
+
+def test_toy_closed_forms():
+    """The balanced toy has closed-form estimates: ML sigma^2 = 18, sigma_s^2 = 33.25; REML 36 and 66.5."""
+    y, X, g, _ = design("toy")
+    ml = lh.fit_lmm(y, X, g, "ML")
+    reml = lh.fit_lmm(y, X, g, "REML")
+    np.testing.assert_allclose([ml.sigma**2, ml.sigma_s**2], [18.0, 33.25], rtol=1e-12)
+    np.testing.assert_allclose([reml.sigma**2, reml.sigma_s**2], [36.0, 66.5], rtol=1e-12)
+    np.testing.assert_allclose(ml.beta, [6.5, 9.0], rtol=1e-13)
+    # ML deviance in closed form: n log(2 pi) + log det Sigma + quadratic form (= n at the optimum)
+    det = (ml.sigma**4 + 2 * ml.sigma_s**2 * ml.sigma**2) ** 2
+    assert ml.loglik == pytest.approx(-0.5 * (4 * np.log(2 * np.pi) + np.log(det) + 4), rel=1e-13)
+    # REML treatment t equals the paired t: mean difference 9 over sd(diff)/sqrt(2) = 6
+    assert reml.tvalues[1] == pytest.approx(1.5, rel=1e-12)
+    assert ml.tvalues[1] == pytest.approx(1.5 * np.sqrt(2), rel=1e-12)
+
+
+def test_cellmeans_coding_matches_article(ref):
+    toy = lh.load_toy()
+    fit = lh.fit_lmm(toy.Resp, lh.toy_design(toy, "cellmeans"), toy.Ind)
+    np.testing.assert_allclose(fit.beta, r_values(ref, "toy", "lmer_ML_cellmeans", "beta"), rtol=1e-6)
+    assert fit.sigma == pytest.approx(4.242640687119285, rel=1e-12)
+    assert fit.sigma_s == pytest.approx(np.sqrt(33.25), rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_dense_route_agrees(method):
+    y, X, g, _ = design("sleepstudy")
+    fast = lh.fit_lmm(y, X, g, method)
+    beta, sigma, sigma_s, loglik = lh.fit_lmm_dense(y, X, g, method)
+    np.testing.assert_allclose(beta, fast.beta, rtol=1e-7)
+    assert sigma == pytest.approx(fast.sigma, rel=1e-6)
+    assert sigma_s == pytest.approx(fast.sigma_s, rel=1e-6)
+    assert loglik == pytest.approx(fast.loglik, rel=1e-10)
+    assert fast.loglik >= loglik - 1e-10
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_grouped_deviance_equals_dense(method):
+    """The O(n) profiled deviance equals the dense n x n likelihood at arbitrary theta."""
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(1, 6, size=12)
+    codes = np.repeat(np.arange(12), sizes)
+    n = len(codes)
+    X = np.column_stack([np.ones(n), rng.normal(size=n), rng.normal(size=n)])
+    y = X @ [1.0, 2.0, -1.0] + rng.normal(size=12)[codes] + rng.normal(size=n)
+    sums = lh.group_sums(y, X, codes, 12)
+    K = lh.indicator_matrix(codes, 12)
+    for theta in [0.0, 0.3, 2.0, 40.0]:
+        pt = lh.profiled_deviance(theta, sums, method)
+        sigma = np.sqrt(pt.sigma2)
+        ll = lh.loglik_dense(y, X, K, pt.beta, sigma, sigma * np.sqrt(theta), method)
+        assert -2 * ll == pytest.approx(pt.deviance, rel=1e-11)
+        # analytic derivative against a central difference
+        h = 1e-6 * max(theta, 1.0)
+        if theta > h:
+            fd = (lh.profiled_deviance(theta + h, sums, method).deviance
+                  - lh.profiled_deviance(theta - h, sums, method).deviance) / (2 * h)
+            assert pt.grad == pytest.approx(fd, rel=1e-5, abs=1e-7)
+
+
+def test_labels_of_any_kind_give_the_same_fit():
+    y, X, g, _ = design("sleepstudy")
+    base = lh.fit_lmm(y, X, g)
+    for labels in [g.astype(str).radd("s"), pd.Categorical(g), list(g), g.to_numpy()]:
+        fit = lh.fit_lmm(y, X, labels)
+        np.testing.assert_allclose(fit.beta, base.beta, rtol=1e-12)
+        assert fit.loglik == pytest.approx(base.loglik, rel=1e-12)
+
+
+def test_unbalanced_with_singletons_and_a_large_group():
+    """Groups of size 1 and one group holding half the rows: grouped and dense routes agree."""
+    rng = np.random.default_rng(7)
+    sizes = np.array([1, 1, 1, 2, 3, 1, 30])
+    codes = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(codes)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = X @ [0.5, 1.0] + 1.5 * rng.normal(size=len(sizes))[codes] + rng.normal(size=n)
+    for method in ["ML", "REML"]:
+        fast = lh.fit_lmm(y, X, codes, method)
+        beta, sigma, sigma_s, loglik = lh.fit_lmm_dense(y, X, codes, method)
+        assert fast.loglik >= loglik - 1e-10
+        assert fast.loglik == pytest.approx(loglik, rel=1e-9)
+        np.testing.assert_allclose(fast.beta, beta, rtol=1e-5)
+
+
+def test_summary_reads_like_lme4():
+    y, X, g, names = design("toy")
+    text = lh.fit_lmm(y, X, g, names=names).summary("Resp ~ Treat + (1 | Ind)", "toy", "Ind")
+    for piece in ["maximum likelihood", "Random effects:", "Residual", "Fixed effects:", "Treat",
+                  "Number of obs: 4, groups:  Ind, 2", "2.121"]:
+        assert piece in text
+
+
+BAD = [
+    (dict(y=[1, 2, 3]), "lengths must match"),
+    (dict(y=[1, 2, np.nan, 4, 5, 6]), "NaN or inf"),
+    (dict(y=[1, 2, np.inf, 4, 5, 6]), "NaN or inf"),
+    (dict(y=list("abcdef")), "y must be numeric"),
+    (dict(groups=[1, 1, 1, 1, 1, 1]), "at least two groups"),
+    (dict(groups=[1, 2, 3, 4, 5, 6]), "every group has one row"),
+    (dict(groups=[1, 1, 2, None, 3, 3]), "missing labels"),
+    (dict(X=np.column_stack([np.ones(6), np.arange(6), 2 * np.arange(6)])), "rank-deficient"),
+    (dict(X=np.column_stack([np.ones(6), np.zeros(6)])), "rank-deficient"),
+    (dict(X=np.ones(6)), "X must be 2-D"),
+    (dict(X=np.column_stack([np.ones(6), np.arange(6), np.arange(6) ** 2, np.arange(6) ** 3, np.sin(np.arange(6))])),
+     "more parameters"),
+    (dict(method="OLS"), "method must be"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD)
+def test_bad_input_raises_clear_valueerror(change, message):
+    args = dict(y=[1.0, 2.5, 2.0, 4.0, 3.0, 6.5], X=np.column_stack([np.ones(6), np.arange(6)]),
+                groups=[1, 1, 2, 2, 3, 3], method="ML")
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        lh.fit_lmm(args["y"], args["X"], args["groups"], args["method"])
+
+
+def test_exact_fit_is_refused():
+    X = np.column_stack([np.ones(6), np.arange(6.0)])
+    with pytest.raises(ValueError, match="residual variance is zero"):
+        lh.fit_lmm(X @ [1.0, 2.0], X, [1, 1, 2, 2, 3, 3])
