@@ -4,7 +4,6 @@ from __future__ import annotations
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 
-__all__ = ["use_style", "GROUP_COLORS"]
 
 GROUP_COLORS = ["#1b6ca8", "#d1495b", "#2a9d8f", "#e9a03b", "#6d597a", "#577590"]
 
