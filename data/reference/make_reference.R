@@ -206,6 +206,39 @@ for (reml in c(FALSE, TRUE)) {
   record_lmer("singular", paste0("lmer_", lab), f)
 }
 
+# ---- inference (notebooks 07-08): random effect vs lm, Wald and profile intervals ----------
+# The random-effect LRT compares the LMM with the plain lm (anova() will not take an lm and an lmer together);
+# the null value sigma_s^2 = 0 is on the boundary, so the reference distribution is 1/2 chi2_0 + 1/2 chi2_1.
+record_ranef_lrt <- function(dataset, lmm_ml, lmm_reml, lm_fit) {
+  for (lab in c("ML", "REML")) {
+    lmm <- if (lab == "ML") lmm_ml else lmm_reml
+    ll0 <- as.numeric(logLik(lm_fit, REML = (lab == "REML")))
+    ll1 <- as.numeric(logLik(lmm))
+    stat <- 2 * (ll1 - ll0)
+    model <- paste0("lrt_ranef_", lab)
+    emit(dataset, model, "loglik", c("lm", "lmm"), c(ll0, ll1))
+    emit(dataset, model, "chisq", "", stat)
+    emit(dataset, model, "p", "", 0.5 * pchisq(stat, df = 1, lower.tail = FALSE))
+  }
+}
+record_ranef_lrt("toy", toy_ml1, toy_reml, lm(Resp ~ Treat, data = toy))
+wald <- confint(toy_ml1, method = "Wald", parm = "beta_")
+emit("toy", "lmer_ML_wald", "ci_lower", rownames(wald), wald[, 1])
+emit("toy", "lmer_ML_wald", "ci_upper", rownames(wald), wald[, 2])
+wald <- confint(toy_reml, method = "Wald", parm = "beta_")
+emit("toy", "lmer_REML_wald", "ci_lower", rownames(wald), wald[, 1])
+emit("toy", "lmer_REML_wald", "ci_upper", rownames(wald), wald[, 2])
+
+gt_reml <- lme4::lmer(logTicks ~ Year + Height + (1 | Brood), data = gt, REML = TRUE)
+record_ranef_lrt("grouseticks", gt_ml, gt_reml, lm(logTicks ~ Year + Height, data = gt))
+wald <- confint(gt_ml, method = "Wald", parm = "beta_")
+emit("grouseticks", "lmer_ML_wald", "ci_lower", rownames(wald), wald[, 1])
+emit("grouseticks", "lmer_ML_wald", "ci_upper", rownames(wald), wald[, 2])
+ci <- confint(gt_ml, parm = "theta_", method = "profile", oldNames = FALSE)
+emit("grouseticks", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
+emit("grouseticks", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
+save_text("grouseticks_profile_ci", capture.output(print(ci)))
+
 # ---- write ----------------------------------------------------------------------------------
 ref <- do.call(rbind, rows)
 ref$value <- formatC(ref$value, digits = 17, format = "g")
