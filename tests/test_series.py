@@ -1,0 +1,221 @@
+"""The series as a whole: titles, kernels, exercises with solutions, slide metadata, navigation and Binder links,
+and the generator (tools/build_series.py) being idempotent and up to date."""
+import importlib.util
+import re
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+LESSONS = [p for p in NOTEBOOKS if p.name[:2] != "00"]
+SLIDE_TYPES = {"slide", "subslide", "fragment", "-", "skip", "notes"}
+LINK_RE = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("build_series", ROOT / "tools" / "build_series.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = _load_generator()
+
+
+def _read(path: Path):
+    return nbformat.read(path, as_version=nbformat.NO_CONVERT)
+
+
+def _tags(cell) -> list:
+    return list(cell.metadata.get("tags", []))
+
+
+def _ids(paths):
+    return [p.name for p in paths]
+
+
+def test_the_series_has_an_index_first():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_index.ipynb"
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert len(numbers) == len(set(numbers)), f"two notebooks share a number: {numbers}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_title_and_kernel(path):
+    nb = _read(path)
+    first = next(c for c in nb.cells if c.cell_type == "markdown")
+    m = gen.TITLE_RE.search(first.source)
+    assert m and first.source.lstrip().startswith("# "), f"{path.name}: the first cell must open with '# NN · Title'"
+    assert m.group(1) == path.name[:2], f"{path.name}: its title says {m.group(1)}"
+    ks = nb.metadata.get("kernelspec", {})
+    assert ks.get("name") == "python3" and ks.get("language") == "python", f"{path.name}: kernelspec {ks}"
+    assert ks.get("display_name") == "Python 3 (ipykernel)"
+
+
+def _exercises(nb) -> list[tuple[int, list]]:
+    """Return (number, solution cells) for each exercise; solution cells are the tagged cells right after it."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        m = gen.EXERCISE_RE.match(cell.source) if cell.cell_type == "markdown" else None
+        if not m:
+            continue
+        sols = []
+        for nxt in nb.cells[i + 1:]:
+            if "solution" not in _tags(nxt):
+                break
+            sols.append(nxt)
+        out.append((int(m.group(1)), sols))
+    return out
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
+def test_exercises_have_hidden_solutions(path):
+    nb = _read(path)
+    found = _exercises(nb)
+    numbers = [n for n, _ in found]
+    assert 2 <= len(found) <= 4, f"{path.name}: {len(found)} exercises (want 2-4)"
+    assert numbers == list(range(1, len(found) + 1)), f"{path.name}: exercises numbered {numbers}"
+    for n, sols in found:
+        assert sols, f"{path.name}: Exercise {n} has no solution cell tagged 'solution' right after it"
+        for cell in sols:
+            if cell.cell_type == "markdown":
+                src = cell.source.strip()
+                assert src.startswith(f"<details><summary>Solution {n}</summary>"), (
+                    f"{path.name}: the solution of Exercise {n} must open with "
+                    f"<details><summary>Solution {n}</summary>"
+                )
+                assert src.endswith("</details>"), f"{path.name}: Solution {n} must end with </details>"
+            else:
+                hidden = cell.metadata.get("jupyter", {})
+                assert hidden.get("source_hidden") is True, f"{path.name}: Solution {n}: code not source_hidden"
+                assert hidden.get("outputs_hidden") is True, f"{path.name}: Solution {n}: outputs not hidden"
+    tagged = sum("solution" in _tags(c) for c in nb.cells)
+    assert tagged == sum(len(s) for _, s in found), f"{path.name}: a 'solution' cell follows no exercise"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_slide_metadata_on_every_cell(path):
+    nb = _read(path)
+    for i, cell in enumerate(nb.cells):
+        kind = cell.metadata.get("slideshow", {}).get("slide_type")
+        assert kind in SLIDE_TYPES, f"{path.name}: cell {i} has slide_type {kind!r}"
+        if "nav" in _tags(cell):
+            assert kind == "skip"
+        if "solution" in _tags(cell):
+            assert kind in ("skip", "notes"), f"{path.name}: a solution would show on a slide"
+    assert nb.cells[0].metadata["slideshow"]["slide_type"] == "slide"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_navigation_at_top_and_bottom(path):
+    nb = _read(path)
+    nav = [i for i, c in enumerate(nb.cells) if "nav" in _tags(c)]
+    assert nav == [1, len(nb.cells) - 1], f"{path.name}: nav cells at {nav}, want after the title and last"
+    src = nb.cells[1].source
+    k = NOTEBOOKS.index(path)
+    if k > 0:
+        assert f"({NOTEBOOKS[k - 1].name})" in src
+        assert "(00_index.ipynb)" in src
+    if k + 1 < len(NOTEBOOKS):
+        assert f"({NOTEBOOKS[k + 1].name})" in src
+    assert f"urlpath=lab/tree/notebooks/{path.name})" in src
+
+
+def _link_targets() -> list[tuple[str, str, Path]]:
+    """Every link in the README and in the notebooks' Markdown: (where, link, the base folder it is relative to)."""
+    out = [("README.md", link, ROOT) for link in LINK_RE.findall((ROOT / "README.md").read_text())]
+    for path in NOTEBOOKS:
+        for cell in _read(path).cells:
+            if cell.cell_type == "markdown":
+                out += [(path.name, link, NB_DIR) for link in LINK_RE.findall(cell.source)]
+    return out
+
+
+def test_every_link_names_a_file_that_exists():
+    config = gen.load_config()
+    prefix = f"https://mybinder.org/v2/gh/{config['owner']}/{config['name']}/{config['branch']}"
+    binder = local = 0
+    for where, link, base in _link_targets():
+        url = urlparse(link)
+        if url.netloc == "mybinder.org" and url.path.startswith("/v2/"):
+            assert link.startswith(prefix + "?"), f"{where}: Binder link not to {prefix}: {link}"
+            urlpath = parse_qs(url.query)["urlpath"][0]
+            assert urlpath.startswith("lab/tree/notebooks/"), f"{where}: {link} does not open JupyterLab"
+            target = ROOT / urlpath.removeprefix("lab/tree/")
+            assert target.suffix == ".ipynb" and target.is_file(), f"{where}: Binder link to a missing {target.name}"
+            binder += 1
+        elif not url.scheme and not link.startswith("#"):
+            target = (base / url.path).resolve()
+            assert target.exists(), f"{where}: link to a missing file {link}"
+            local += 1
+    readme = (ROOT / "README.md").read_text()
+    assert f"{prefix}?urlpath=lab/tree/notebooks/00_index.ipynb" in readme, "the README's badge must open the index"
+    assert binder >= 2 * len(NOTEBOOKS) + 1 and local >= 1
+
+
+def _copy_series(dest: Path) -> Path:
+    shutil.copytree(NB_DIR, dest / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copy(ROOT / "README.md", dest / "README.md")
+    return dest
+
+
+def test_generated_files_are_up_to_date():
+    stale = [p.relative_to(ROOT).as_posix() for p, text in gen.generate(ROOT, gen.load_config()).items()
+             if p.read_text(encoding="utf-8") != text]
+    assert not stale, f"run `python tools/build_series.py`; out of date: {stale}"
+
+
+def test_generator_is_idempotent_and_keeps_outputs(tmp_path):
+    root = _copy_series(tmp_path)
+    assert gen.main(["--root", str(root)]) == 0
+    first = {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert gen.main(["--root", str(root)]) == 0
+    assert gen.main(["--root", str(root), "--check"]) == 0
+    assert {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == first
+    for path in NOTEBOOKS:
+        before = [c.get("outputs") for c in _read(path).cells if c.cell_type == "code"]
+        after = [c.get("outputs") for c in _read(root / "notebooks" / path.name).cells if c.cell_type == "code"]
+        assert before == after, f"the generator changed outputs of {path.name}"
+
+
+def test_check_detects_drift_and_a_rerun_repairs_it(tmp_path, capsys):
+    root = _copy_series(tmp_path)
+    gen.main(["--root", str(root)])
+    index = root / "notebooks" / "00_index.ipynb"
+    nb = _read(index)
+    nb.cells.insert(2, nbformat.v4.new_markdown_cell("stale nav", metadata={"tags": ["nav"]}))
+    nb.cells[0].metadata["slideshow"] = {"slide_type": "fragment"}
+    nbformat.write(nb, index)
+    (root / "README.md").write_text((root / "README.md").read_text().replace("| 00", "| 99"))
+    capsys.readouterr()
+    assert gen.main(["--root", str(root), "--check"]) == 1
+    assert "notebooks/00_index.ipynb" in capsys.readouterr().out
+    assert gen.main(["--root", str(root)]) == 0
+    assert sum("nav" in _tags(c) for c in _read(index).cells) == 2
+    assert gen.main(["--root", str(root), "--check"]) == 0
+
+
+def test_one_line_descriptions():
+    text = "\n\nThis lesson fits [the toy data](x.ipynb) by hand. Then more.\n\n**What you will learn**\n- a"
+    assert gen.first_sentence(text) == "This lesson fits the toy data by hand."
+    assert gen.first_sentence("\n**What you will learn**\n- a\n\nSecond paragraph! And on.") == "Second paragraph!"
+
+
+def test_slide_rules():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    assert gen.slide_type(md("# 01 · T"), None) == "slide"
+    assert gen.slide_type(md("## Theory"), code("x")) == "slide"
+    assert gen.slide_type(md("### Part"), md("a")) == "subslide"
+    assert gen.slide_type(md("**Exercise 2.** Do it."), md("a")) == "subslide"
+    assert gen.slide_type(md("Next we fit."), code("x")) == "subslide"
+    assert gen.slide_type(md("$$a$$"), md("a")) == "-"
+    assert gen.slide_type(code("x"), md("a")) == "-"
+    assert gen.slide_type(code("x", metadata={"tags": ["solution"]}), md("a")) == "notes"
+    assert gen.slide_type(md("x", metadata={"tags": ["nav"]}), md("a")) == "skip"
