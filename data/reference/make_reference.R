@@ -229,6 +229,16 @@ wald <- confint(toy_reml, method = "Wald", parm = "beta_")
 emit("toy", "lmer_REML_wald", "ci_lower", rownames(wald), wald[, 1])
 emit("toy", "lmer_REML_wald", "ci_upper", rownames(wald), wald[, 2])
 
+# lme4's profile points (the signed root zeta at each value of one SD, the rest re-optimised), through which
+# confint() interpolates a spline: a pointwise check of the profile itself.
+pr <- as.data.frame(suppressWarnings(profile(toy_ml1, which = "theta_", signames = FALSE)))
+for (nm in unique(as.character(pr$.par))) {
+  sub <- pr[pr$.par == nm, ]
+  terms <- paste0(nm, "#", seq_len(nrow(sub)))
+  emit("toy", "lmer_ML_profile_points", "value", terms, sub[[nm]])
+  emit("toy", "lmer_ML_profile_points", "zeta", terms, sub$.zeta)
+}
+
 gt_reml <- lme4::lmer(logTicks ~ Year + Height + (1 | Brood), data = gt, REML = TRUE)
 record_ranef_lrt("grouseticks", gt_ml, gt_reml, lm(logTicks ~ Year + Height, data = gt))
 wald <- confint(gt_ml, method = "Wald", parm = "beta_")
