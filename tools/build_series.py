@@ -143,7 +143,7 @@ def nav_source(entries: list[Entry], k: int, config: dict[str, str]) -> str:
     if k > 0:
         prev = entries[k - 1]
         parts.append(f"[← {prev.number} · {prev.title}]({prev.file})")
-    if entries[k].file != INDEX_NAME:
+    if k > 1:  # notebook 01 already links the index as its previous one
         parts.append(f"[Index]({INDEX_NAME})")
     if k + 1 < len(entries):
         nxt = entries[k + 1]

@@ -1,0 +1,181 @@
+"""The static site (tools/build_site.py), opened in headless Chromium: every page loads, its equations are typeset
+by the bundled MathJax, its figures render, and every link between pages resolves. Keeps a screenshot of one page
+in _build/screenshots/. Skipped, with the reason, where Chromium or a local MathJax is missing (CI installs both:
+apt-get install chromium libjs-mathjax)."""
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SCREENSHOT = ROOT / "_build" / "screenshots" / "site.png"
+FIGURE_TYPES = ("image/png", "image/jpeg", "image/gif")
+
+
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+site = _load_tool("build_site")
+
+
+def _chromium() -> str | None:
+    for name in (os.environ.get("LMM_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _browser_args(chromium: str, profile: Path) -> list[str]:
+    """Headless, no sandbox (CI runs as root), no GPU, and no network: every host name fails to resolve."""
+    return [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+        "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}", "--hide-scrollbars",
+        "--window-size=1100,1400", "--virtual-time-budget=20000",
+    ]
+
+
+class Page(HTMLParser):
+    """What the rendered DOM holds: body attributes, images, links, MathJax output, and the visible text."""
+
+    HIDDEN = {"script", "style", "pre", "code", "head", "title"}
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.body: dict = {}
+        self.images: list[dict] = []
+        self.links: list[str] = []
+        self.math_sources = 0
+        self.math_rendered = 0
+        self.math_errors = 0
+        self.text: list[str] = []
+        self._hidden = 0
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        cls = a.get("class") or ""
+        if tag == "body":
+            self.body = a
+        elif tag == "img":
+            self.images.append(a)
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+        elif tag == "script" and (a.get("type") or "").startswith("math/tex"):
+            self.math_sources += 1
+        if "mjx-chtml" in cls.split():
+            self.math_rendered += 1
+        if "mjx-merror" in cls or "MathJax_Error" in cls:
+            self.math_errors += 1
+        if tag in self.HIDDEN:
+            self._hidden += 1
+
+    def handle_endtag(self, tag):
+        if tag in self.HIDDEN and self._hidden:
+            self._hidden -= 1
+
+    def handle_data(self, data):
+        if not self._hidden:
+            self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Build the site into a fresh folder and dump every page's DOM after Chromium has run its scripts."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the site's browser test needs it")
+    try:
+        mathjax = site.find_mathjax()
+    except SystemExit as err:
+        pytest.skip(str(err))
+    out = tmp_path_factory.mktemp("site")
+    pages = site.build_site(ROOT, out, mathjax)
+
+    def dump(page: Path) -> tuple[Path, subprocess.CompletedProcess]:
+        profile = tmp_path_factory.mktemp("chromium-profile")
+        args = _browser_args(chromium, profile) + ["--dump-dom", page.as_uri()]
+        return page, subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        doms = dict(pool.map(dump, pages))
+    return out, doms, chromium
+
+
+def _case(path: Path) -> str:
+    return site.page_name(path.name)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[_case(p) for p in NOTEBOOKS])
+def test_page_renders(built, notebook):
+    out, doms, _ = built
+    page = out / site.page_name(notebook.name)
+    run = doms[page]
+    assert run.returncode == 0, f"{page.name}: Chromium failed: {run.stderr[-2000:]}"
+    dom = Page(run.stdout)
+    assert dom.body, f"{page.name}: no <body> in the rendered page"
+    assert dom.body.get("data-mathjax") == "done", f"{page.name}: MathJax did not load or did not finish"
+
+    nb = nbformat.read(notebook, as_version=4)
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    markdown = re.sub(r"```.*?```|`[^`\n]*`", "", markdown, flags=re.S)  # code spans are not math
+    if "$" in markdown:
+        assert dom.math_sources > 0 and dom.math_rendered >= dom.math_sources, (
+            f"{page.name}: {dom.math_sources} equations found, {dom.math_rendered} typeset"
+        )
+    assert dom.math_errors == 0, f"{page.name}: MathJax reported {dom.math_errors} errors"
+    visible = "".join(dom.text)
+    for raw in ("$$", "\\begin{", "\\frac"):
+        assert raw not in visible, f"{page.name}: raw TeX {raw!r} left on screen"
+
+    figures = sum(any(t in o.get("data", {}) for t in FIGURE_TYPES) for c in nb.cells if c.cell_type == "code"
+                  for o in c.outputs)
+    assert len(dom.images) >= figures, f"{page.name}: {figures} figures in the notebook, {len(dom.images)} shown"
+    for img in dom.images:
+        size = img.get("data-rendered-size", "0x0")
+        assert size != "0x0" and not size.startswith("0x"), f"{page.name}: an image did not render ({size})"
+
+
+def test_every_link_between_pages_resolves(built):
+    out, doms, _ = built
+    reached = {"index.html"}
+    for page, run in doms.items():
+        for href in Page(run.stdout).links:
+            url = urlparse(href)
+            if url.scheme or href.startswith("#"):
+                continue
+            target = (page.parent / url.path).resolve()
+            assert target.is_file(), f"{page.name}: link {href!r} leads nowhere"
+            reached.add(target.name)
+    assert reached >= {p.name for p in doms}, f"pages no link leads to: {sorted({p.name for p in doms} - reached)}"
+
+
+def test_solutions_stay_collapsed(built):
+    out, doms, _ = built
+    for page, run in doms.items():
+        for m in re.finditer(r"<details[^>]*>\s*<summary>\s*Solution", run.stdout):
+            assert " open" not in m.group(0), f"{page.name}: a solution is open"
+
+
+def test_screenshot_of_one_page(built):
+    out, _, chromium = built
+    page = out / site.page_name(NOTEBOOKS[1].name if len(NOTEBOOKS) > 1 else NOTEBOOKS[0].name)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    args = _browser_args(chromium, out.parent / "screenshot-profile") + [f"--screenshot={SCREENSHOT}", page.as_uri()]
+    subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and SCREENSHOT.stat().st_size > 10_000
