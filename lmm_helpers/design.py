@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["ModelData", "check_inputs", "group_codes", "indicator_matrix", "toy_design"]
+__all__ = ["ModelData", "check_inputs", "check_rank", "group_codes", "indicator_matrix", "toy_design"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,22 @@ def _numeric(name: str, value) -> np.ndarray:
     return arr
 
 
+def _integer_codes(groups) -> tuple[np.ndarray, pd.Index] | None:
+    """Codes of integer labels with a compact range by counting instead of hashing (O(n), no sort); else None."""
+    if isinstance(groups, (pd.Series, pd.Index)) and isinstance(groups.dtype, np.dtype):
+        groups = groups.to_numpy()
+    if not isinstance(groups, np.ndarray) or groups.dtype.kind not in "iu" or groups.size == 0:
+        return None
+    lo, hi = int(groups.min()), int(groups.max())
+    if hi - lo > 2 * groups.size:  # sparse labels: a table over their range would be wasteful
+        return None
+    shifted = groups - lo if lo != 0 else groups
+    present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+    lookup = np.cumsum(present, dtype=np.intp) - 1
+    labels = pd.Index((np.flatnonzero(present) + lo).astype(groups.dtype, copy=False))
+    return lookup[shifted], labels
+
+
 def group_codes(groups) -> tuple[np.ndarray, pd.Index]:
     """Turn any hashable group labels into integer codes ``0..G-1`` and the labels in sorted order.
 
@@ -66,6 +82,9 @@ def group_codes(groups) -> tuple[np.ndarray, pd.Index]:
         raise ValueError(f"groups must be 1-D (one label per row), got shape {np.shape(groups)}")
     if not isinstance(groups, (pd.Series, pd.Index, np.ndarray, pd.api.extensions.ExtensionArray)):
         groups = pd.Series(list(groups))  # a list or other sequence of hashable labels
+    fast = _integer_codes(groups)
+    if fast is not None:
+        return fast
     try:
         codes, labels = pd.factorize(groups, sort=True)
     except TypeError:  # labels of mixed types that cannot be ordered
@@ -75,8 +94,39 @@ def group_codes(groups) -> tuple[np.ndarray, pd.Index]:
     return codes.astype(np.intp, copy=False), pd.Index(labels)
 
 
-def check_inputs(y, X, groups, names=None) -> ModelData:
+def check_rank(xtx: np.ndarray, names: list) -> None:
+    """Raise a ValueError when the cross-product ``X^T X`` shows X to be rank-deficient.
+
+    Uses the eigenvalues of the column-scaled ``X^T X``: cheap (p x p) and free of the columns' units.
+
+    Parameters
+    ----------
+    xtx : ndarray, shape (p, p)
+        ``X^T X``.
+    names : list of str
+        Names of the columns of X, for the message.
+    """
+    scale = np.sqrt(np.diag(xtx))
+    if np.any(scale == 0):
+        raise ValueError(f"X is rank-deficient: column {names[int(np.argmin(scale))]!r} is all zeros")
+    p = xtx.shape[0]
+    eig = np.linalg.eigvalsh(xtx / np.outer(scale, scale))
+    if eig[0] < 1e-12 * p:
+        raise ValueError(
+            f"X is rank-deficient (its columns are linearly dependent, smallest scaled eigenvalue {eig[0]:.1e})"
+        )
+
+
+def check_inputs(y, X, groups, names=None, *, rank: bool = True) -> ModelData:
     """Check the inputs of a random-intercept model and return them as arrays.
+
+    Parameters
+    ----------
+    y, X, groups, names
+        As :func:`lmm_helpers.fit_lmm` takes them.
+    rank : bool
+        Check that X has full column rank. :func:`lmm_helpers.fit_lmm` passes False and checks the rank from
+        its grouped sums instead (:func:`check_rank`), which saves a pass over X.
 
     Raises
     ------
@@ -115,16 +165,8 @@ def check_inputs(y, X, groups, names=None) -> ModelData:
     names = [str(nm) for nm in names]
     if len(names) != p:
         raise ValueError(f"names has {len(names)} entries but X has {p} columns")
-    # Rank of X from its column-scaled cross-product: cheap (p x p) and scale-free.
-    xtx = X.T @ X
-    scale = np.sqrt(np.diag(xtx))
-    if np.any(scale == 0):
-        raise ValueError(f"X is rank-deficient: column {names[int(np.argmin(scale))]!r} is all zeros")
-    eig = np.linalg.eigvalsh(xtx / np.outer(scale, scale))
-    if eig[0] < 1e-12 * p:
-        raise ValueError(
-            f"X is rank-deficient (its columns are linearly dependent, smallest scaled eigenvalue {eig[0]:.1e})"
-        )
+    if rank:
+        check_rank(X.T @ X, names)
     return ModelData(y=y, X=X, codes=codes, labels=labels, names=names)
 
 

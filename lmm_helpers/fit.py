@@ -7,12 +7,14 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import ModelData, check_inputs, indicator_matrix
+from .design import ModelData, check_inputs, check_rank, indicator_matrix
 from .likelihood import (
     GroupSums,
     ProfiledPoint,
     _check_method,
     group_sums,
+    pool_by_size,
+    profiled_criterion,
     profiled_deviance,
     profiled_loglik_dense,
 )
@@ -116,35 +118,41 @@ class LMMResult:
 
 # ------------------------------------------------------------------------------------------ optimisation
 def _minimise_theta(sums: GroupSums, method: str) -> tuple[ProfiledPoint, bool]:
-    """Locate the theta that minimises the profiled deviance; return the point and whether it converged."""
-    points = [profiled_deviance(t, sums, method) for t in _THETA_GRID]
-    while points[-1].grad < 0 and points[-1].deviance <= min(p.deviance for p in points):
-        if points[-1].theta >= _THETA_MAX:
+    """Locate the theta that minimises the profiled deviance; return the point and whether it converged.
+
+    The search runs on the size-pooled criterion (O(U p^2) per evaluation); the full point, with its per-group
+    by-products, is evaluated once at the optimum.
+    """
+    pooled = pool_by_size(sums)
+
+    def crit(t: float) -> tuple[float, float, float]:
+        return (t, *profiled_criterion(t, pooled, method))
+
+    points = [crit(t) for t in _THETA_GRID]  # (theta, deviance, grad)
+    while points[-1][2] < 0 and points[-1][1] <= min(pt[1] for pt in points):
+        if points[-1][0] >= _THETA_MAX:
             raise ValueError(
                 "y has no residual variation within groups once X is fitted: the likelihood is unbounded"
             )
-        points.append(profiled_deviance(points[-1].theta * 100.0, sums, method))
-    k = int(np.argmin([p.deviance for p in points]))
+        points.append(crit(points[-1][0] * 100.0))
+    k = int(np.argmin([pt[1] for pt in points]))
     best = points[k]
-    if k == 0 and best.grad >= 0:
-        return best, True  # boundary: the deviance rises as theta leaves 0
+    if k == 0 and best[2] >= 0:
+        return profiled_deviance(0.0, sums, method), True  # boundary: the deviance rises as theta leaves 0
     # The minimum lies where the derivative changes sign next to the best grid point.
-    lo, hi = (points[k], points[k + 1]) if best.grad < 0 else (points[k - 1], points[k])
-    if lo.grad < 0 < hi.grad:
-        root, info = optimize.brentq(lambda t: profiled_deviance(t, sums, method).grad, lo.theta, hi.theta,
-                                     xtol=1e-300, rtol=4 * np.finfo(float).eps, full_output=True,
-                                     disp=False)
-        opt = profiled_deviance(root, sums, method)
-        converged = bool(info.converged)
+    lo, hi = (points[k], points[k + 1]) if best[2] < 0 else (points[k - 1], points[k])
+    if lo[2] < 0 < hi[2]:
+        root, info = optimize.brentq(lambda t: crit(t)[2], lo[0], hi[0], xtol=1e-300,
+                                     rtol=4 * np.finfo(float).eps, full_output=True, disp=False)
+        opt, converged = crit(root), bool(info.converged)
     else:  # derivative too flat to bracket: fall back to a bounded search on log(theta)
-        a, b = np.log(max(lo.theta, 1e-12)), np.log(hi.theta)
-        res = optimize.minimize_scalar(lambda s: profiled_deviance(np.exp(s), sums, method).deviance,
-                                       bounds=(a, b), method="bounded", options={"xatol": 1e-12})
-        opt = profiled_deviance(float(np.exp(res.x)), sums, method)
-        converged = bool(res.success)
-    if opt.deviance > best.deviance:
+        a, b = np.log(max(lo[0], 1e-12)), np.log(hi[0])
+        res = optimize.minimize_scalar(lambda v: crit(np.exp(v))[1], bounds=(a, b), method="bounded",
+                                       options={"xatol": 1e-12})
+        opt, converged = crit(float(np.exp(res.x))), bool(res.success)
+    if opt[1] > best[1]:
         opt, converged = best, False
-    return opt, converged
+    return profiled_deviance(opt[0], sums, method), converged
 
 
 # -------------------------------------------------------------------------------------- Satterthwaite df
@@ -238,8 +246,10 @@ def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
         For bad input: see :func:`lmm_helpers.design.check_inputs`.
     """
     _check_method(method)
-    data = check_inputs(y, X, groups, names)
+    data = check_inputs(y, X, groups, names, rank=False)
     sums = group_sums(data.y, data.X, data.codes, data.n_groups)
+    xbar = sums.means[:, : data.p]
+    check_rank(sums.within[: data.p, : data.p] + (xbar.T * sums.counts) @ xbar, data.names)  # = X^T X
     point, converged = _minimise_theta(sums, method)
     return _result(data, sums, point, method, converged)
 
