@@ -78,6 +78,13 @@ def _exercises(nb) -> list[tuple[int, list]]:
 @pytest.mark.parametrize("path", LESSONS, ids=_ids(LESSONS))
 def test_exercises_have_hidden_solutions(path):
     nb = _read(path)
+    for i, cell in enumerate(nb.cells):
+        marks = re.findall(r"(?m)^\s*\*\*Exercise\s+(\d+)\.\*\*", cell.source) if cell.cell_type == "markdown" else []
+        buried = marks[1:] if gen.EXERCISE_RE.match(cell.source) else marks
+        assert not buried, (
+            f"{path.name}: cell {i} holds Exercise {buried[0]} but does not start with it; "
+            "CONTRIBUTING wants each exercise in its own cell, starting with **Exercise N.**"
+        )
     found = _exercises(nb)
     numbers = [n for n, _ in found]
     assert 2 <= len(found) <= 4, f"{path.name}: {len(found)} exercises (want 2-4)"
@@ -206,6 +213,7 @@ def test_one_line_descriptions():
     text = "\n\nThis lesson fits [the toy data](x.ipynb) by hand. Then more.\n\n**What you will learn**\n- a"
     assert gen.first_sentence(text) == "This lesson fits the toy data by hand."
     assert gen.first_sentence("\n**What you will learn**\n- a\n\nSecond paragraph! And on.") == "Second paragraph!"
+    assert gen.first_sentence("Before we did A. This notebook does B. Then C.") == "This notebook does B."
 
 
 def test_slide_rules():

@@ -21,8 +21,9 @@ What it writes
 Where titles and one-line descriptions come from
 ------------------------------------------------
 The title is the first ``# NN · Title`` heading of the notebook's first Markdown cell. The one line is the
-notebook metadata field ``lmm_series.description`` when an author sets it, otherwise the first sentence of the
-first prose paragraph of the title cell (links reduced to their text).
+notebook metadata field ``lmm_series.description`` when an author sets it, otherwise a sentence of the first
+prose paragraph of the title cell: the first that speaks of the notebook itself ("This notebook ...", "This
+lesson ...", "Here ...", "In this ..."), or else the first (see :func:`first_sentence`).
 
 Where the Binder links point
 ----------------------------
@@ -110,13 +111,16 @@ def title_cell_index(nb) -> int | None:
 
 
 def first_sentence(markdown: str) -> str:
-    """Return the first sentence of the first prose paragraph after the heading of a title cell."""
+    """Return the one line of a title cell: from its first prose paragraph (after the heading), the first sentence
+    that speaks of the notebook itself ("This notebook ...", "This lesson ...", "Here ...", "In this ..."),
+    or else its first sentence; links are reduced to their text."""
     for para in re.split(r"\n\s*\n", markdown):
         text = " ".join(line.strip() for line in para.strip().splitlines())
         if not text or text.startswith(("#", "**", "-", "*", "<", "|", "$$", ">")):
             continue
-        text = LINK_RE.sub(r"\1", text)
-        return re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0]
+        sentences = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<!cf\.)(?<=[.!?])\s+", LINK_RE.sub(r"\1", text))
+        own = [s for s in sentences if re.match(r"(This (notebook|lesson|chapter)|Here |In this )", s)]
+        return (own or sentences)[0]
     return ""
 
 
