@@ -227,3 +227,34 @@ def test_slide_rules():
     assert gen.slide_type(code("x"), md("a")) == "-"
     assert gen.slide_type(code("x", metadata={"tags": ["solution"]}), md("a")) == "notes"
     assert gen.slide_type(md("x", metadata={"tags": ["nav"]}), md("a")) == "skip"
+
+
+def test_student_copies_drop_every_solution(tmp_path):
+    student = importlib.util.spec_from_file_location("make_student_copies", ROOT / "tools" / "make_student_copies.py")
+    module = importlib.util.module_from_spec(student)
+    student.loader.exec_module(module)
+    written = module.make_student_copies(ROOT, tmp_path)
+    assert [p.name for p in written] == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        original, copy = _read(path), _read(tmp_path / path.name)
+        assert not any("solution" in _tags(c) for c in copy.cells)
+        assert not any("<summary>Solution" in c.source for c in copy.cells), f"{path.name}: a solution is left"
+        assert sum("answer" in _tags(c) for c in copy.cells) == len(_exercises(original))
+        kept = [c for c in original.cells if "solution" not in _tags(c)]
+        assert [c.source for c in copy.cells if "answer" not in _tags(c)] == [c.source for c in kept]
+
+
+def test_slides_leave_out_navigation_and_hide_solutions(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_slides", ROOT / "tools" / "build_slides.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    decks = module.build_slides(ROOT, tmp_path)
+    assert [d.name for d in decks] == [p.stem + ".slides.html" for p in NOTEBOOKS]
+    for path, deck in zip(NOTEBOOKS, decks):
+        html = deck.read_text()
+        assert f"urlpath=lab/tree/notebooks/{path.name}" not in html, f"{deck.name}: a navigation cell is on a slide"
+        slides = sum(c.metadata["slideshow"]["slide_type"] in ("slide", "subslide") for c in _read(path).cells)
+        assert html.count("<section") >= slides, f"{deck.name}: fewer sections than slides"
+        for m in re.finditer(r"<summary>Solution \d+</summary>", html):
+            opened, closed = html.rfind('<aside class="notes">', 0, m.start()), html.rfind("</aside>", 0, m.start())
+            assert opened > closed, f"{deck.name}: a solution is on a slide, not in the speaker notes"
