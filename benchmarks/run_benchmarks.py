@@ -1,0 +1,290 @@
+"""Benchmark fit_lmm against statsmodels MixedLM, mixedlm (PyPI, Rust) and lme4 (through Rscript).
+
+Model: y ~ x1 + x2 + (1 | g), maximum likelihood, about 20 rows per group, on the same seeded generated data at
+n = 10^3, 10^4, 10^5, 10^6. Every (peer, n) runs in its own fresh subprocess, which loads the data first and then
+measures only the fit:
+
+- time: best of k repeats (k = up to 5, fewer when the repeats would add up to more than 10 s; at least one),
+  wall clock, ``time.perf_counter`` in Python and ``Sys.time()`` (microsecond resolution) in R;
+- peak memory: the rise of the process's peak resident set size (Linux ``VmHWM`` in ``/proc/self/status``) from
+  just before the first fit to just after it; the same measure for every peer, R included;
+- log-likelihood at the reported optimum (ML).
+
+A peer that is not installed is reported as "missing"; statsmodels is skipped at sizes where its time, extrapolated
+linearly from the size before, would exceed 60 s, and reported as "skipped (too slow)". Run from the repository root:
+
+    python benchmarks/run_benchmarks.py
+
+It writes benchmarks/results/benchmark.csv, benchmark.md and benchmark.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = [10**3, 10**4, 10**5, 10**6]
+ROWS_PER_GROUP = 20
+BETA = np.array([1.0, 0.5, -0.3])
+SIGMA, SIGMA_S = 1.0, 0.8
+SEED = 20260425
+MAX_REPEATS, REPEAT_BUDGET_S = 5, 10.0
+SKIP_ABOVE_S = 60.0
+PEERS = ["fit_lmm", "statsmodels", "mixedlm", "lme4"]
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+R_SCRIPT = r"""
+args <- commandArgs(trailingOnly = TRUE)
+dir <- args[1]; n <- as.integer(args[2]); max_rep <- as.integer(args[3]); budget <- as.numeric(args[4])
+suppressPackageStartupMessages(library(lme4))
+rd <- function(f, what) { con <- file(file.path(dir, f), "rb"); on.exit(close(con)); readBin(con, what, n, size = if (what == "integer") 4L else 8L) }
+dat <- data.frame(y = rd("y.bin", "double"), x1 = rd("x1.bin", "double"), x2 = rd("x2.bin", "double"),
+                  g = factor(rd("g.bin", "integer")))
+hwm <- function() { s <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE); as.numeric(gsub("[^0-9]", "", s)) * 1024 }
+invisible(gc())
+before <- hwm()
+times <- c()
+repeat {
+  t0 <- Sys.time(); fit <- lmer(y ~ x1 + x2 + (1 | g), data = dat, REML = FALSE); t1 <- Sys.time()
+  times <- c(times, as.numeric(difftime(t1, t0, units = "secs")))
+  if (length(times) == 1) peak <- hwm() - before
+  if (length(times) >= max_rep || sum(times) > budget) break
+}
+cat(jsonlite::toJSON(list(time = min(times), repeats = length(times), peak_bytes = peak,
+                          loglik = as.numeric(logLik(fit))), digits = NA, auto_unbox = TRUE))
+"""
+
+
+# ------------------------------------------------------------------------------------------------- data
+def make_data(n: int) -> dict[str, np.ndarray]:
+    """The benchmark's data at size n: seeded, ``n // 20`` groups drawn at random (about 20 rows each)."""
+    rng = np.random.default_rng([SEED, n])
+    n_groups = n // ROWS_PER_GROUP
+    g = rng.integers(0, n_groups, size=n).astype(np.int32)
+    X = np.column_stack([np.ones(n), rng.standard_normal(n), rng.standard_normal(n)])
+    u = SIGMA_S * rng.standard_normal(n_groups)
+    y = X @ BETA + u[g] + SIGMA * rng.standard_normal(n)
+    return {"y": y, "X": X, "g": g}
+
+
+def write_data(data: dict[str, np.ndarray], folder: Path) -> None:
+    np.save(folder / "y.npy", data["y"])
+    np.save(folder / "X.npy", data["X"])
+    np.save(folder / "g.npy", data["g"])
+    for name, arr in [("y", data["y"]), ("x1", data["X"][:, 1]), ("x2", data["X"][:, 2]), ("g", data["g"] + 1)]:
+        np.ascontiguousarray(arr).tofile(folder / f"{name}.bin")  # raw little-endian doubles / int32 for R
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def _hwm() -> int:
+    """Peak resident set size of this process in bytes (Linux VmHWM)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found")
+
+
+def worker(peer: str, folder: Path) -> dict:
+    """Run one peer on the data in ``folder`` and return time, repeats, peak memory rise and log-likelihood."""
+    y, X, g = (np.load(folder / f"{k}.npy") for k in ("y", "X", "g"))
+    if peer == "fit_lmm":
+        from lmm_helpers import fit_lmm
+
+        def fit():
+            return fit_lmm(y, X, g, "ML").loglik
+    elif peer == "statsmodels":
+        import statsmodels.api as sm
+
+        def fit():
+            return float(sm.MixedLM(y, X, groups=g).fit(reml=False).llf)
+    elif peer == "mixedlm":
+        import pandas as pd
+        from mixedlm import lmer
+
+        df = pd.DataFrame({"y": y, "x1": X[:, 1], "x2": X[:, 2], "g": pd.Categorical(g)})
+
+        def fit():
+            return float(lmer("y ~ x1 + x2 + (1 | g)", df, REML=False).logLik().value)
+    else:
+        raise ValueError(f"peer must be one of {PEERS[:3]}, got {peer!r}")
+    before = _hwm()
+    times, peak, loglik = [], 0, float("nan")
+    while True:
+        t0 = time.perf_counter()
+        loglik = fit()
+        times.append(time.perf_counter() - t0)
+        if len(times) == 1:
+            peak = _hwm() - before
+        if len(times) >= MAX_REPEATS or sum(times) > REPEAT_BUDGET_S:
+            break
+    return {"time": min(times), "repeats": len(times), "peak_bytes": peak, "loglik": loglik}
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def available(peer: str) -> bool:
+    if peer == "lme4":
+        if shutil.which("Rscript") is None:
+            return False
+        ok = subprocess.run(["Rscript", "-e", "library(lme4); library(jsonlite)"], capture_output=True)
+        return ok.returncode == 0
+    module = {"fit_lmm": "lmm_helpers", "statsmodels": "statsmodels", "mixedlm": "mixedlm"}[peer]
+    ok = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
+    return ok.returncode == 0
+
+
+def run_one(peer: str, n: int, folder: Path, timeout: float) -> dict:
+    if peer == "lme4":
+        script = folder / "fit_lme4.R"
+        script.write_text(R_SCRIPT)
+        cmd = ["Rscript", str(script), str(folder), str(n), str(MAX_REPEATS), str(REPEAT_BUDGET_S)]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", peer, str(folder)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return {"status": f"skipped (too slow: over {timeout:.0f} s)"}
+    except subprocess.CalledProcessError as err:
+        return {"status": "failed: " + err.stderr.strip().splitlines()[-1][:200]}
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["status"] = "ok"
+    return res
+
+
+def machine() -> dict:
+    import pandas as pd
+    import scipy
+    import statsmodels
+
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
+            "statsmodels": statsmodels.__version__}
+    try:
+        from importlib.metadata import version
+
+        info["mixedlm"] = version("mixedlm")
+    except Exception:  # noqa: BLE001 - not installed
+        info["mixedlm"] = "missing"
+    try:
+        cmd = 'cat(R.version$major, ".", R.version$minor, " / lme4 ", as.character(packageVersion("lme4")), sep="")'
+        info["R / lme4"] = subprocess.run(["Rscript", "-e", cmd], capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        info["R / lme4"] = "missing"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    return info
+
+
+def main(sizes: list[int]) -> None:
+    import pandas as pd
+
+    RESULTS.mkdir(exist_ok=True)
+    have = {peer: available(peer) for peer in PEERS}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            folder = Path(tmp) / str(n)
+            folder.mkdir()
+            data = make_data(n)
+            write_data(data, folder)
+            input_bytes = data["y"].nbytes + data["X"].nbytes + data["g"].nbytes
+            for peer in PEERS:
+                row = {"n": n, "groups": n // ROWS_PER_GROUP, "peer": peer, "input_bytes": input_bytes}
+                if not have[peer]:
+                    row["status"] = "missing"
+                else:
+                    timeout = 600.0
+                    if peer == "statsmodels":
+                        prev = [r for r in rows if r["peer"] == peer and r.get("status") == "ok"]
+                        if prev and prev[-1]["time"] * n / prev[-1]["n"] > SKIP_ABOVE_S:
+                            row["status"] = "skipped (too slow)"
+                            rows.append(row)
+                            continue
+                        timeout = 3 * SKIP_ABOVE_S
+                    row.update(run_one(peer, n, folder, timeout))
+                rows.append(row)
+                print(n, peer, row.get("status"), f"{row.get('time', float('nan')):.4f}", flush=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(RESULTS / "benchmark.csv", index=False)
+    write_markdown(df, machine())
+    plot(df)
+
+
+def write_markdown(df, info: dict) -> None:
+    """The Markdown table: time, memory, log-likelihood, and each peer against fit_lmm."""
+    ours = df[df.peer == "fit_lmm"].set_index("n")
+    lines = ["| n | groups | peer | time (s) | × fit_lmm time | peak memory (MB) | memory / input | logLik | "
+             "logLik − fit_lmm |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for _, r in df.iterrows():
+        head = f"| {r.n:,} | {r.groups:,} | {r.peer} |"
+        if r.status != "ok":
+            lines.append(head + f" {r.status} | | | | | |")
+            continue
+        ratio = r.time / ours.loc[r.n, "time"]
+        dll = r.loglik - ours.loc[r.n, "loglik"]
+        lines.append(head + f" {r.time:.4f} | {ratio:.1f} | {r.peak_bytes / 1e6:.1f} | "
+                     f"{r.peak_bytes / r.input_bytes:.2f} | {r.loglik:.4f} | {dll:.2e} |")
+    ok = df[df.status == "ok"]
+    reps = ", ".join(f"{p} " + "/".join(str(int(k)) for k in ok[ok.peer == p].repeats)
+                     for p in PEERS if (ok.peer == p).any())
+    machine_line = ", ".join(f"{k} {v}" for k, v in info.items())
+    text = [
+        "# Benchmark: y ~ x1 + x2 + (1 | g), maximum likelihood, about 20 rows per group",
+        "",
+        "Made by `python benchmarks/run_benchmarks.py`. Time: best of k repeats of the fit alone, data already in "
+        f"memory (k by size, smallest n first: {reps}). Peak memory: rise of the process's peak resident set size (VmHWM) during the first "
+        "fit; input = y, X (n × 3) and the group codes. \"× fit_lmm time\" is the peer's time over fit_lmm's; "
+        "\"logLik − fit_lmm\" is negative when the peer stopped short of fit_lmm's maximum.",
+        "",
+        *lines,
+        "",
+        f"Machine: {machine_line}.",
+        "",
+    ]
+    (RESULTS / "benchmark.md").write_text("\n".join(text))
+
+
+def plot(df) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=96)
+    for peer, marker in zip(PEERS, "osD^"):
+        sub = df[(df.peer == peer) & (df.status == "ok")]
+        if len(sub):
+            ax.plot(sub.n, sub.time, marker=marker, label=peer)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows n (about 20 per group)")
+    ax.set_ylabel("time to fit (s, best of k)")
+    ax.set_title("y ~ x1 + x2 + (1 | g), ML: time against n")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "benchmark.png")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", nargs=2, metavar=("PEER", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="row counts (default 1e3 .. 1e6)")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
+    else:
+        main(args.sizes)
