@@ -175,6 +175,9 @@ for (reml in c(FALSE, TRUE)) {
        paste(vc$var1, ifelse(is.na(vc$var2), "", vc$var2), sep = ":"), vc$sdcor)
   save_text(paste0("sleepstudy_lmer_slopes_", lab), capture.output(print(summary(fs))))
 }
+# nlme under ML on real data (notebook 03): its SEs are lme4's times sqrt(n / (n - p)), here sqrt(180 / 178).
+ss_lme_ml <- lme(Reaction ~ Days, random = ~ 1 | Subject, data = sleepstudy, method = "ML")
+record_lme("sleepstudy", "lme_ML", ss_lme_ml)
 
 # ---- grouseticks (lme4): 403 chicks in 118 broods of unequal size --------------------------
 data("grouseticks", package = "lme4")
