@@ -21,7 +21,8 @@ What it writes
 Where titles and one-line descriptions come from
 ------------------------------------------------
 The title is the first ``# NN · Title`` heading of the notebook's first Markdown cell. The one line is the
-notebook metadata field ``lmm_series.description`` when an author sets it, otherwise a sentence of the first
+notebook metadata field ``lmm_series.description`` when an author sets it, else the notebook's line in
+``[descriptions]`` of ``tools/series.toml``, otherwise a sentence of the first
 prose paragraph of the title cell: the first that speaks of the notebook itself ("This notebook ...", "This
 lesson ...", "Here ...", "In this ..."), or else the first (see :func:`first_sentence`).
 
@@ -71,12 +72,14 @@ class Entry:
     description: str
 
 
-def load_config(path: Path = CONFIG_FILE) -> dict[str, str]:
-    """Read owner, repository name and branch from ``tools/series.toml``."""
-    repo = tomllib.loads(path.read_text(encoding="utf-8"))["repository"]
+def load_config(path: Path = CONFIG_FILE) -> dict:
+    """Read ``tools/series.toml``: owner, repository name and branch, and ``descriptions`` (file -> one line)."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    repo = dict(data["repository"])
     for key in ("owner", "name", "branch"):
         if not isinstance(repo.get(key), str) or not repo[key]:
             raise ValueError(f"{path}: [repository] needs a non-empty string {key!r}")
+    repo["descriptions"] = dict(data.get("descriptions", {}))
     return repo
 
 
@@ -124,8 +127,12 @@ def first_sentence(markdown: str) -> str:
     return ""
 
 
-def describe(path: Path, nb) -> Entry:
-    """Return the notebook's number, title and one-line description (see the module docstring)."""
+def describe(path: Path, nb, descriptions: dict[str, str] | None = None) -> Entry:
+    """Return the notebook's number, title and one-line description (see the module docstring).
+
+    ``descriptions`` maps file names to one-line descriptions (``[descriptions]`` of ``tools/series.toml``).
+    """
+    descriptions = descriptions or {}
     i = title_cell_index(nb)
     src = _source(nb.cells[i]) if i is not None else ""
     m = TITLE_RE.search(src)
@@ -135,8 +142,10 @@ def describe(path: Path, nb) -> Entry:
     else:
         print(f"warning: {path.name} has no '# {number} · Title' heading; using its file name", file=sys.stderr)
         title = path.stem[3:].replace("-", " ").capitalize()
-    description = nb.metadata.get("lmm_series", {}).get("description") or first_sentence(
-        src[m.end():] if m else src
+    description = (
+        nb.metadata.get("lmm_series", {}).get("description")
+        or descriptions.get(path.name)
+        or first_sentence(src[m.end():] if m else src)
     )
     return Entry(path.name, number, title, description.replace("|", "\\|"))
 
@@ -262,7 +271,7 @@ def generate(root: Path, config: dict[str, str]) -> dict[Path, str]:
     if not paths or paths[0].name != INDEX_NAME:
         raise SystemExit(f"{nbdir}: the series needs {INDEX_NAME} as its first notebook")
     books = [nbformat.reads(p.read_text(encoding="utf-8"), as_version=nbformat.NO_CONVERT) for p in paths]
-    entries = [describe(p, nb) for p, nb in zip(paths, books)]
+    entries = [describe(p, nb, config.get("descriptions", {})) for p, nb in zip(paths, books)]
     out = {}
     for k, (p, nb) in enumerate(zip(paths, books)):
         text = nbformat.writes(build_notebook(nb, entries, k, config), version=nbformat.NO_CONVERT)
