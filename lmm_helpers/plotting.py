@@ -23,3 +23,59 @@ def use_style() -> None:
         "font.size": 10,
     })
     plt.rcParams["svg.hashsalt"] = "lmm-from-scratch"
+
+
+def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: int = 6, title: str = ""):
+    """One small panel per group: its points, and optionally one straight line per model in each panel.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        Long-format data with columns ``x``, ``y`` and ``group``.
+    x, y, group : str
+        Column names.
+    lines : dict of str to DataFrame, optional
+        For each legend label, a DataFrame indexed by group label with columns ``intercept`` and ``slope``.
+    ncols : int
+        Panels per row.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import numpy as np
+
+    for col in (x, y, group):
+        if col not in data.columns:
+            raise ValueError(f"data has no column {col!r}")
+    labels = list(dict.fromkeys(data[group]))
+    nrows = -(-len(labels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.5 * nrows + 0.8), sharex=True, sharey=True)
+    axes = np.atleast_1d(axes).ravel()
+    xs = np.array([data[x].min(), data[x].max()], dtype=float)
+    styles = ["--", "-", ":", "-."]
+    for ax, lab in zip(axes, labels):
+        sub = data[data[group] == lab]
+        ax.plot(sub[x], sub[y], "o", ms=3, color="0.35")
+        for k, (name, coef) in enumerate((lines or {}).items()):
+            a, b = coef.loc[lab, "intercept"], coef.loc[lab, "slope"]
+            ax.plot(xs, a + b * xs, styles[k % len(styles)], color=GROUP_COLORS[k % len(GROUP_COLORS)], lw=1.4,
+                    label=name)
+        ax.set_title(str(lab), fontsize=8, pad=2)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(labels):]:
+        ax.set_visible(False)
+    fig.supxlabel(x)
+    fig.supylabel(y)
+    top = 1.0
+    if title:
+        fig.suptitle(title, y=0.995)
+        top -= 0.06
+    if lines:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="upper center", ncol=len(names), bbox_to_anchor=(0.5, top))
+        top -= 0.05
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return fig
