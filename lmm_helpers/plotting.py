@@ -79,3 +79,44 @@ def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: in
         top -= 0.05
     fig.tight_layout(rect=(0, 0, 1, top))
     return fig
+
+
+def plot_toy(df, ax=None, x: str = "Treat", y: str = "Resp", group: str = "Ind",
+             title: str = "The toy data: two individuals, each measured twice"):
+    """Plot each individual's observations joined by a line, one colour per individual, with a legend.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Long-format data with the columns named by ``x``, ``y`` and ``group`` (the toy data by default).
+    ax : matplotlib Axes, optional
+        Drawn on a new figure when omitted.
+    x, y, group : str
+        Column names of the condition (x axis), the response (y axis) and the individual.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Raises
+    ------
+    ValueError
+        If ``df`` lacks one of the named columns or has no rows.
+    """
+    missing = [c for c in (x, y, group) if c not in getattr(df, "columns", [])]
+    if missing:
+        raise ValueError(f"df: no column(s) {missing}; pass a DataFrame with columns {x!r}, {y!r}, {group!r}")
+    if len(df) == 0:
+        raise ValueError("df: has no rows")
+    if ax is None:
+        _, ax = plt.subplots()
+    for k, (label, rows) in enumerate(df.sort_values([group, x]).groupby(group, sort=True)):
+        ax.plot(rows[x], rows[y], "-o", color=GROUP_COLORS[k % len(GROUP_COLORS)], label=f"{group} {label}")
+    ax.set_xticks(sorted(df[x].unique()))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax

@@ -1,0 +1,66 @@
+"""The series' figures: what plot_toy draws is the data it was given, and bad input is refused."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+import lmm_helpers as lh  # noqa: E402
+from lmm_helpers.plotting import GROUP_COLORS, plot_toy  # noqa: E402
+
+
+@pytest.fixture
+def ax():
+    fig, ax = plt.subplots()
+    yield ax
+    plt.close(fig)
+
+
+def test_plot_toy_draws_one_line_per_individual_through_its_points(ax):
+    toy = lh.load_toy()
+    out = plot_toy(toy, ax=ax)
+    assert out is ax
+    lines = ax.get_lines()
+    assert len(lines) == toy.Ind.nunique() == 2
+    for line, (ind, rows) in zip(lines, toy.groupby("Ind")):
+        rows = rows.sort_values("Treat")
+        np.testing.assert_array_equal(line.get_xdata(), rows.Treat.to_numpy())
+        np.testing.assert_array_equal(line.get_ydata(), rows.Resp.to_numpy())
+        assert line.get_label() == f"Ind {ind}"
+    colors = [matplotlib.colors.to_hex(line.get_color()) for line in lines]
+    assert colors == GROUP_COLORS[:2]
+
+
+def test_plot_toy_labels_title_and_legend(ax):
+    plot_toy(lh.load_toy(), ax=ax)
+    assert ax.get_xlabel() == "Treat" and ax.get_ylabel() == "Resp" and ax.get_title()
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["Ind 1", "Ind 2"]
+    assert list(ax.get_xticks()) == [0, 1]
+
+
+def test_plot_toy_other_columns_unsorted_rows_and_new_figure():
+    df = pd.DataFrame({"g": ["b", "a", "b", "a", "c"], "t": [1, 1, 0, 0, 0], "r": [4.0, 2.0, 3.0, 1.0, 5.0]})
+    ax = plot_toy(df, x="t", y="r", group="g")
+    try:
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["g a", "g b", "g c"]
+        np.testing.assert_array_equal(lines[0].get_ydata(), [1.0, 2.0])  # sorted by t within the group
+        np.testing.assert_array_equal(lines[1].get_ydata(), [3.0, 4.0])
+        np.testing.assert_array_equal(lines[2].get_xdata(), [0])
+    finally:
+        plt.close(ax.figure)
+
+
+@pytest.mark.parametrize("bad", [
+    pd.DataFrame({"Ind": [1], "Treat": [0]}),
+    pd.DataFrame({"Ind": [], "Treat": [], "Resp": []}),
+    np.zeros((4, 3)),
+])
+def test_plot_toy_refuses_bad_input(bad):
+    with pytest.raises(ValueError, match="df"):
+        plot_toy(bad)
