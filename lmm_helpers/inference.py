@@ -421,7 +421,9 @@ def profile_ci(y, X, groups, level: float = 0.95, method: str = "ML", *, n_grid:
         else:
             lower = optimize.brentq(lambda v: zeta(v) + cutoff, floor, est, xtol=1e-12 * est, rtol=1e-13)
         span = upper - lower
-        grid = np.linspace(max(lower - 0.15 * span, floor), upper + 0.15 * span, n_grid)
+        start = lower - 0.15 * span
+        start = max(start, 0.5 * lower) if name == "sigma" else max(start, 0.0)  # sigma's profile dives near 0
+        grid = np.linspace(start, upper + 0.15 * span, n_grid)
         grid = np.unique(np.append(grid, est))
         out[name] = ProfileInterval(parameter=name, estimate=float(est), lower=float(lower), upper=float(upper),
                                     level=level, cutoff=cutoff, values=grid,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 GROUP_COLORS = ["#1b6ca8", "#d1495b", "#2a9d8f", "#e9a03b", "#6d597a", "#577590"]
@@ -23,6 +24,121 @@ def use_style() -> None:
         "font.size": 10,
     })
     plt.rcParams["svg.hashsalt"] = "lmm-from-scratch"
+
+
+def plot_profile_zeta(profile, ax=None, points=None, label: str | None = None):
+    """Plot a profile-likelihood interval: the signed root ``zeta`` of one SD, the cutoffs and the interval.
+
+    Parameters
+    ----------
+    profile : lmm_helpers.inference.ProfileInterval
+        From :func:`lmm_helpers.inference.profile_ci`.
+    ax : matplotlib Axes, optional
+        Drawn on a new figure when omitted.
+    points : tuple of two arrays, optional
+        ``(values, zeta)`` of another profile (e.g. lme4's) to overlay as markers.
+    label : str, optional
+        The parameter's name on the x axis (default: ``profile.parameter``).
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    if ax is None:
+        _, ax = plt.subplots()
+    name = label or profile.parameter
+    ax.plot(profile.values, profile.zeta, color=GROUP_COLORS[0], label=r"profile $\zeta$ (lmm_helpers)")
+    if points is not None:
+        ax.plot(points[0], points[1], "o", color=GROUP_COLORS[1], ms=4, label="lme4's profile points")
+    for sign in (-1, 1):
+        ax.axhline(sign * profile.cutoff, color="grey", ls="--", lw=1)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.axvspan(profile.lower, profile.upper, color=GROUP_COLORS[2], alpha=0.15,
+               label=f"{100 * profile.level:.0f}% interval")
+    ax.axvline(profile.estimate, color=GROUP_COLORS[3], lw=1, label="estimate")
+    ax.set_xlim(profile.values.min(), profile.values.max())
+    ax.set_ylim(min(profile.zeta.min(), -profile.cutoff) - 0.3, max(profile.zeta.max(), profile.cutoff) + 0.3)
+    ax.set_xlabel(name)
+    ax.set_ylabel(r"$\zeta$ = signed $\sqrt{\mathrm{deviance} - \min}$")
+    ax.set_title(f"Profile of {name}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_shrinkage(own, blup, sizes, ax=None, title: str = "Shrinkage of the group effects"):
+    """Each group's own estimate against its BLUP, coloured by group size, with the no-shrinkage line.
+
+    Parameters
+    ----------
+    own : array-like
+        Each group's own estimate of its effect (the mean residual of its rows from the population line).
+    blup : array-like
+        The predicted random effects ``E[u | y]``.
+    sizes : array-like
+        Rows per group.
+    ax : matplotlib Axes, optional
+    title : str
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    own, blup, sizes = (np.asarray(a, dtype=float) for a in (own, blup, sizes))
+    if not (own.shape == blup.shape == sizes.shape):
+        raise ValueError("own, blup and sizes must have the same length")
+    if ax is None:
+        _, ax = plt.subplots()
+    lim = float(np.max(np.abs(own))) * 1.05
+    ax.plot([-lim, lim], [-lim, lim], color="grey", ls="--", lw=1, label="no shrinkage (BLUP = own)")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    sc = ax.scatter(own, blup, c=sizes, cmap="viridis", s=18, label="groups")
+    ax.figure.colorbar(sc, ax=ax, label="group size $n_g$")
+    ax.set_xlabel("own estimate (group mean residual)")
+    ax.set_ylabel(r"BLUP $E[u_g \mid y]$")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    return ax
+
+
+def plot_toy(df, ax=None, x: str = "Treat", y: str = "Resp", group: str = "Ind",
+             title: str = "The toy data: two individuals, each measured twice"):
+    """Plot each individual's observations joined by a line, one colour per individual, with a legend.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Long-format data with the columns named by ``x``, ``y`` and ``group`` (the toy data by default).
+    ax : matplotlib Axes, optional
+        Drawn on a new figure when omitted.
+    x, y, group : str
+        Column names of the condition (x axis), the response (y axis) and the individual.
+    title : str
+        The figure's title.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Raises
+    ------
+    ValueError
+        If ``df`` lacks one of the named columns or has no rows.
+    """
+    missing = [c for c in (x, y, group) if c not in getattr(df, "columns", [])]
+    if missing:
+        raise ValueError(f"df: no column(s) {missing}; pass a DataFrame with columns {x!r}, {y!r}, {group!r}")
+    if len(df) == 0:
+        raise ValueError("df: has no rows")
+    if ax is None:
+        _, ax = plt.subplots()
+    for k, (label, rows) in enumerate(df.sort_values([group, x]).groupby(group, sort=True)):
+        ax.plot(rows[x], rows[y], "-o", color=GROUP_COLORS[k % len(GROUP_COLORS)], label=f"{group} {label}")
+    ax.set_xticks(sorted(df[x].unique()))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax
 
 
 def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: int = 6, title: str = ""):
@@ -79,44 +195,3 @@ def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: in
         top -= 0.05
     fig.tight_layout(rect=(0, 0, 1, top))
     return fig
-
-
-def plot_toy(df, ax=None, x: str = "Treat", y: str = "Resp", group: str = "Ind",
-             title: str = "The toy data: two individuals, each measured twice"):
-    """Plot each individual's observations joined by a line, one colour per individual, with a legend.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        Long-format data with the columns named by ``x``, ``y`` and ``group`` (the toy data by default).
-    ax : matplotlib Axes, optional
-        Drawn on a new figure when omitted.
-    x, y, group : str
-        Column names of the condition (x axis), the response (y axis) and the individual.
-    title : str
-        The figure's title.
-
-    Returns
-    -------
-    matplotlib Axes
-
-    Raises
-    ------
-    ValueError
-        If ``df`` lacks one of the named columns or has no rows.
-    """
-    missing = [c for c in (x, y, group) if c not in getattr(df, "columns", [])]
-    if missing:
-        raise ValueError(f"df: no column(s) {missing}; pass a DataFrame with columns {x!r}, {y!r}, {group!r}")
-    if len(df) == 0:
-        raise ValueError("df: has no rows")
-    if ax is None:
-        _, ax = plt.subplots()
-    for k, (label, rows) in enumerate(df.sort_values([group, x]).groupby(group, sort=True)):
-        ax.plot(rows[x], rows[y], "-o", color=GROUP_COLORS[k % len(GROUP_COLORS)], label=f"{group} {label}")
-    ax.set_xticks(sorted(df[x].unique()))
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    return ax
