@@ -4,6 +4,7 @@ Run from anywhere::
 
     python tools/build_series.py            # rewrite in place (only files whose content changes are written)
     python tools/build_series.py --check    # write nothing; exit 1 and list the files that would change
+    python tools/build_series.py --only notebooks/00_index.ipynb README.md   # write just these files
 
 What it writes
 --------------
