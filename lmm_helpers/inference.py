@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import interpolate, optimize, stats
 
-from .design import check_inputs
+from .design import _numeric, check_inputs
 from .fit import LMMResult
 from .likelihood import GroupSums, _check_method, group_sums, profiled_deviance
 
@@ -123,16 +123,27 @@ def fit_lm(y, X, method: str = "ML", *, names=None) -> LMFit:
     names : list of str, optional
     """
     _check_method(method)
-    n = len(y)
-    # check_inputs wants groups; two dummy groups keep its checks of y and X without adding any of its own.
-    data = check_inputs(y, X, np.arange(n) % 2, names)
-    Q, R = np.linalg.qr(data.X)
-    beta = np.linalg.solve(R, Q.T @ data.y)
-    rss = float(np.sum((data.y - data.X @ beta) ** 2))
-    logdet = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
-    m = n if method == "ML" else n - data.p
-    return LMFit(beta=beta, sigma=float(np.sqrt(rss / m)), method=method, names=data.names, n_obs=n,
-                 loglik=lm_loglik(rss, n, data.p, logdet, method))
+    if names is None and isinstance(X, pd.DataFrame):
+        names = [str(c) for c in X.columns]
+    y, X = _numeric("y", y), _numeric("X", X)
+    if y.ndim != 1 or X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise ValueError(f"y must be 1-D and X 2-D with as many rows; got shapes {y.shape} and {X.shape}")
+    n, p = X.shape
+    if not 0 < p < n:
+        raise ValueError(f"X has {p} columns for {n} rows: need at least one column and fewer columns than rows")
+    names = [f"x{j}" for j in range(p)] if names is None else [str(nm) for nm in names]
+    if len(names) != p:
+        raise ValueError(f"names has {len(names)} entries but X has {p} columns")
+    Q, R = np.linalg.qr(X)
+    diag = np.abs(np.diag(R))
+    if diag.min() <= 1e-10 * diag.max():
+        raise ValueError("X is rank-deficient (its columns are linearly dependent)")
+    beta = np.linalg.solve(R, Q.T @ y)
+    rss = float(np.sum((y - X @ beta) ** 2))
+    logdet = 2.0 * float(np.sum(np.log(diag)))
+    m = n if method == "ML" else n - p
+    return LMFit(beta=beta, sigma=float(np.sqrt(rss / m)), method=method, names=names, n_obs=n,
+                 loglik=lm_loglik(rss, n, p, logdet, method))
 
 
 # ----------------------------------------------------------------------------------- likelihood ratio

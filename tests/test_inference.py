@@ -170,6 +170,12 @@ def test_bad_arguments():
         profile_ci(y, X, g, level=0)
     with pytest.raises(ValueError, match="method"):
         fit_lm(y, X, method="GLS")
+    with pytest.raises(ValueError, match="rank-deficient"):
+        fit_lm(y, np.column_stack([X, X[:, 1]]))
+    with pytest.raises(ValueError, match="y contains NaN"):
+        fit_lm(np.r_[y[:3], np.nan], X)
+    with pytest.raises(ValueError, match="names"):
+        fit_lm(y, X, names=["a"])
     with pytest.raises(ValueError, match="parameter"):
         profile_deviance(y, X, g, "tau", [1.0])
     with pytest.raises(ValueError, match="values"):
