@@ -8,6 +8,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .design import ModelData, check_inputs, check_rank, indicator_matrix
+from .rformat import abbreviate, format_named, format_num, format_pval, format_table, zapsmall
 from .likelihood import (
     GroupSums,
     ProfiledPoint,
@@ -85,7 +86,15 @@ class LMMResult:
         return -2.0 * self.loglik
 
     def summary(self, formula: str | None = None, data: str | None = None, group: str = "Group") -> str:
-        """Text laid out like lme4's ``summary()`` with lmerTest's Satterthwaite columns."""
+        """Text laid out like lme4's ``summary()`` with lmerTest's Satterthwaite columns, numbers formatted as R does.
+
+        Parameters
+        ----------
+        formula, data : str, optional
+            Shown on the ``Formula:`` and ``Data:`` lines, as R echoes them.
+        group : str
+            Name of the grouping factor in the random-effects table.
+        """
         how = "maximum likelihood" if self.method == "ML" else "REML"
         lines = [f"Linear mixed model fit by {how} . t-tests use Satterthwaite's method [lmm_helpers]"]
         if formula:
@@ -93,27 +102,60 @@ class LMMResult:
         if data:
             lines.append(f"   Data: {data}")
         lines.append("")
-        k = len(self.beta) + 2
         if self.method == "ML":
             head = ["AIC", "BIC", "logLik", "deviance", "df.resid"]
-            vals = [self.aic, self.bic, self.loglik, self.deviance]
-            lines.append(" " + " ".join(f"{h:>8}" for h in head))
-            lines.append(" " + " ".join(f"{v:>8.1f}" for v in vals) + f" {self.n_obs - k:>8d}")
+            vals = format_num(np.round([self.aic, self.bic, self.loglik, self.deviance], 1), 7)
+            lines += format_named(head, [*vals, str(self.n_obs - len(self.beta) - 2)])
         else:
             lines.append(f"REML criterion at convergence: {self.deviance:.1f}")
-        lines += ["", "Scaled residuals: ", "    Min      1Q  Median      3Q     Max "]
-        lines.append(" ".join(f"{q:7.4f}" for q in self.scaled_resid_quantiles))
-        lines += ["", "Random effects:", f" {'Groups':<9}{'Name':<12}{'Variance':<9}{'Std.Dev.'}"]
-        lines.append(f" {group:<9}{'(Intercept)':<12}{self.sigma_s**2:<9.4g}{self.sigma_s:.4g}")
-        lines.append(f" {'Residual':<9}{'':<12}{self.sigma**2:<9.4g}{self.sigma:.4g}")
+        lines += ["", "Scaled residuals: "]
+        lines += format_named(["Min", "1Q", "Median", "3Q", "Max"], format_num(zapsmall(self.scaled_resid_quantiles, 5)))
+        var, sd = format_num([self.sigma_s**2, self.sigma**2]), format_num([self.sigma_s, self.sigma])
+        lines += ["", "Random effects:"]
+        lines += format_table(["", ""], ["Groups", "Name", "Variance", "Std.Dev."],
+                              [[group, "(Intercept)", var[0], sd[0]], ["Residual", "", var[1], sd[1]]], right=False)
         lines.append(f"Number of obs: {self.n_obs}, groups:  {group}, {self.n_groups}")
-        if self.singular:
-            lines.append("boundary (singular) fit: the random-intercept variance is estimated as 0")
         lines += ["", "Fixed effects:"]
-        table = pd.DataFrame({"Estimate": self.beta, "Std. Error": self.bse, "df": self.df,
-                              "t value": self.tvalues, "Pr(>|t|)": self.pvalues}, index=self.names)
-        lines.append(table.to_string(float_format=lambda v: f"{v:.4g}"))
-        return "\n".join(lines)
+        lines += _coef_table(self.names, self.beta, self.bse, self.df, self.tvalues, self.pvalues)
+        if len(self.beta) > 1:
+            corr = self.vcov / np.outer(self.bse, self.bse)
+            cols = [abbreviate(n) for n in self.names[:-1]]
+            cells = [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(cols))]
+                     for i in range(1, len(self.names))]
+            lines += ["", "Correlation of Fixed Effects:"] + format_table(self.names[1:], cols, cells)
+        if self.singular:
+            lines += ["", "boundary (singular) fit: the random-intercept variance is estimated as 0"]
+        return "\n".join(line.rstrip() for line in lines)
+
+
+def _coef_table(names: list, beta: np.ndarray, bse: np.ndarray, df: np.ndarray, t: np.ndarray,
+                p: np.ndarray) -> list[str]:
+    """The fixed-effects table as R's ``printCoefmat`` lays it out for lmerTest (digits 4), with its stars."""
+    digits = 4
+    cs = np.column_stack([beta, bse, df])
+    small = np.abs(cs[np.isfinite(cs) & (cs != 0)])
+    digmin = 1 + np.floor(np.log10(small.min())) if small.size else 1
+    cs = np.round(cs, int(max(1, digits - digmin)))
+    flat = format_num(cs.ravel(order="F"), digits)
+    n = len(beta)
+    cols = [flat[i * n:(i + 1) * n] for i in range(3)]
+    cols.append(format_num(np.round(t, digits - 1), digits))
+    cols.append(format_pval(p, digits - 1))
+    header = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+    stars = any(v < 0.1 for v in p)
+    if stars:
+        marks = [next(s for cut, s in _STARS if v <= cut).ljust(3) for v in p]
+        cols.append(marks)
+        header.append("")
+    cells = [[c[i] for c in cols] for i in range(n)]
+    lines = format_table(list(names), header, cells)
+    if stars:
+        lines += ["---", "Signif. codes:  0 \u2018***\u2019 0.001 \u2018**\u2019 0.01 \u2018*\u2019 0.05 "
+                  "\u2018.\u2019 0.1 \u2018 \u2019 1"]
+    return lines
+
+
+_STARS = [(0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, "."), (1.0, " ")]
 
 
 # ------------------------------------------------------------------------------------------ optimisation
