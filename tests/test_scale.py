@@ -7,7 +7,13 @@ import statsmodels.api as sm
 
 import lmm_helpers as lh
 from lmm_helpers.fit import _quantiles
-from lmm_helpers.likelihood import group_sums, pool_by_size, profiled_criterion, profiled_deviance
+from lmm_helpers.likelihood import (
+    group_sums,
+    pool_by_size,
+    profiled_criterion,
+    profiled_deviance,
+    profiled_loglik_dense,
+)
 
 
 def simulate(rng, sizes, sigma_s=0.8, sigma=1.0, p=3):
@@ -34,6 +40,18 @@ def test_grouped_agrees_with_dense_on_random_problems(seed, method):
     K = lh.indicator_matrix(lh.group_codes(g)[0])
     dense_at_fit = lh.loglik_dense(y, X, K, fit.beta, fit.sigma, fit.sigma_s, method)
     assert fit.loglik == pytest.approx(dense_at_fit, rel=1e-10)
+    # beta is the dense GLS estimate at fit_lmm's variances (ML and REML share it), to 1e-9
+    Sigma = lh.covariance_matrix(K, fit.sigma, fit.sigma_s)
+    np.testing.assert_allclose(fit.beta, lh.gls_beta(y, X, Sigma), rtol=1e-9, atol=1e-9 * fit.sigma)
+    if not fit.singular:
+        # the dense criterion is stationary at fit_lmm's (log sigma, log sigma_s): central differences vanish
+        log_sd = np.log([fit.sigma, fit.sigma_s])
+        h = 1e-4
+        for k in range(2):
+            step = h * np.eye(2)[k]
+            up = profiled_loglik_dense(y, X, K, *np.exp(log_sd + step), method=method)[0]
+            down = profiled_loglik_dense(y, X, K, *np.exp(log_sd - step), method=method)[0]
+            assert abs(up - down) / (2 * h) < 1e-7 * len(y)  # an error of 1e-6 in sigma would give ~1e-6 n
     # the dense optimiser, run independently, reaches the same optimum (it cannot reach a boundary exactly)
     beta_d, sigma_d, sigma_s_d, ll_d = lh.fit_lmm_dense(y, X, g, method)
     assert fit.loglik >= ll_d - 1e-10 * abs(ll_d)
