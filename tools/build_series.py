@@ -18,6 +18,9 @@ What it writes
    Binder badge (the line with ``mybinder.org/badge_logo.svg``, inserted under the title if missing), which opens
    the index in JupyterLab.
 4. Slide metadata on every cell, for ``jupyter nbconvert --to slides`` (see :func:`slide_type`).
+5. The README's benchmark table between ``<!-- benchmark:start ... -->`` and ``<!-- benchmark:end -->``, copied
+   from ``benchmarks/results/benchmark.md`` (which ``benchmarks/run_benchmarks.py`` writes), so the README always
+   shows the committed run.
 
 Where titles and one-line descriptions come from
 ------------------------------------------------
@@ -60,6 +63,8 @@ TITLE_RE = re.compile(r"^#\s+(\d{2})\s*·\s*(.+?)\s*$", re.M)
 EXERCISE_RE = re.compile(r"^\s*\*\*Exercise\s+(\d+)\.\*\*")
 LINK_RE = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 README_BLOCK_RE = re.compile(r"(<!-- notebooks:start[^>]*-->\n)(.*?)(<!-- notebooks:end -->)", re.S)
+BENCH_BLOCK_RE = re.compile(r"(<!-- benchmark:start[^>]*-->\n)(.*?)(<!-- benchmark:end -->)", re.S)
+BENCH_TABLE = Path("benchmarks") / "results" / "benchmark.md"
 BADGE_URL = "https://mybinder.org/badge_logo.svg"
 
 
@@ -246,14 +251,18 @@ def build_notebook(nb, entries: list[Entry], k: int, config: dict[str, str]):
     return nb
 
 
-def build_readme(text: str, entries: list[Entry], config: dict[str, str]) -> str:
-    """Return the README with the generated notebook table and the Binder badge."""
+def build_readme(text: str, entries: list[Entry], config: dict[str, str], bench: str = "") -> str:
+    """Return the README with the generated notebook table, the Binder badge and the benchmark table."""
     m = README_BLOCK_RE.search(text)
     if not m:
         raise SystemExit("README.md: no '<!-- notebooks:start ... -->' ... '<!-- notebooks:end -->' block")
     table = map_source(entries, config, prefix="notebooks/")
     index = f"Start at the index, [`notebooks/{INDEX_NAME}`](notebooks/{INDEX_NAME}), the map of the series.\n\n"
     text = text[: m.start(2)] + index + table + "\n" + text[m.end(2):]
+    b = BENCH_BLOCK_RE.search(text)
+    if b and bench:  # the benchmark's own table, from its header row down, so the README shows the latest run
+        rows = bench[bench.index("| n |"):].strip() + "\n"
+        text = text[: b.start(2)] + rows + text[b.end(2):]
     badge = f"[![Binder]({BADGE_URL})]({binder_url(config, INDEX_NAME)})"
     lines = text.split("\n")
     hits = [i for i, line in enumerate(lines) if BADGE_URL in line]
@@ -278,7 +287,9 @@ def generate(root: Path, config: dict[str, str]) -> dict[Path, str]:
         text = nbformat.writes(build_notebook(nb, entries, k, config), version=nbformat.NO_CONVERT)
         out[p] = text if text.endswith("\n") else text + "\n"
     readme = root / "README.md"
-    out[readme] = build_readme(readme.read_text(encoding="utf-8"), entries, config)
+    bench = root / BENCH_TABLE
+    out[readme] = build_readme(readme.read_text(encoding="utf-8"), entries, config,
+                               bench.read_text(encoding="utf-8") if bench.exists() else "")
     return out
 
 
