@@ -264,3 +264,48 @@ def test_curated_descriptions_name_notebooks_that_exist():
     names = {p.name for p in NOTEBOOKS}
     stale = sorted(set(gen.load_config()["descriptions"]) - names)
     assert not stale, f"tools/series.toml [descriptions] names notebooks that do not exist: {stale}"
+
+
+# ------------------------------------------------------------------------------------ numbers in the prose
+# A number in a notebook's prose must be one the notebook computes: it has to appear, to the digits quoted, in a
+# code cell's output (or source, for a constant the code sets). Only these textbook constants are exempt.
+PROSE_CONSTANTS = {
+    "3.11": "the Python version the series needs",
+    "97.5": "the percentile that bounds a two-sided 95% interval",
+    "1.96": "the standard normal's 97.5% quantile",
+}
+_DECIMAL = re.compile(r"(?<![\w.^_{\\])[-\u2212]?\d+\.\d+(?![\d.]*\w)")
+_FRACTION = re.compile(r"(?<![\w.])(-?\d+)/(\d+)(?![\w.])")
+
+
+def _computed_numbers(nb) -> list[float]:
+    """Every decimal and fraction a notebook's code cells set or print."""
+    texts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        texts.append(cell.source)
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", ""))
+            texts += [v for k, v in out.get("data", {}).items() if k.startswith("text/") and isinstance(v, str)]
+    text = "\n".join(texts)
+    found = [float(m.group(0).replace("\u2212", "-")) for m in _DECIMAL.finditer(text)]
+    found += [int(a) / int(b) for a, b in _FRACTION.findall(text) if int(b)]
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_numbers_in_the_prose_are_computed(path):
+    nb = _read(path)
+    computed = _computed_numbers(nb)
+    typed = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown" or "nav" in _tags(cell):
+            continue
+        for m in _DECIMAL.finditer(cell.source):
+            quoted = m.group(0).replace("\u2212", "-")
+            half_ulp = 0.5 * 10.0 ** -len(quoted.split(".")[1]) * (1 + 1e-9)
+            if quoted.lstrip("-") in PROSE_CONSTANTS or any(abs(abs(c) - abs(float(quoted))) <= half_ulp for c in computed):
+                continue
+            typed.append(f"{quoted!r} in ...{cell.source[max(0, m.start() - 50):m.end()]!r}")
+    assert not typed, f"{path.name}: numbers in the prose that no cell computes:\n" + "\n".join(typed)
