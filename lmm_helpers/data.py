@@ -55,10 +55,17 @@ def load_reference() -> pd.DataFrame:
 def reference_value(dataset: str, model: str, quantity: str, term: str = "") -> float:
     """Return one number of R's from the stored reference, e.g. ``("toy", "lmer_ML", "sigma")``."""
     ref = load_reference()
-    hit = ref[(ref.dataset == dataset) & (ref.model == model) & (ref.quantity == quantity) & (ref.term == term)]
-    if len(hit) != 1:
-        raise ValueError(f"no single reference value for {(dataset, model, quantity, term)!r}")
-    return float(hit["value"].iloc[0])
+    # Narrow down one argument at a time, so that the error names the first one that matches nothing.
+    key = {}
+    for arg, value in (("dataset", dataset), ("model", model), ("quantity", quantity), ("term", term)):
+        rows = ref[ref[arg] == value]
+        if rows.empty:
+            where = f" for {key}" if key else ""
+            raise ValueError(f"{arg}: no {value!r}{where}; the stored ones are {sorted(set(ref[arg]))}")
+        ref, key[arg] = rows, value
+    if len(ref) > 1:  # cannot happen with the file make_reference.R writes: one row per key
+        raise ValueError(f"{(dataset, model, quantity, term)!r} matches {len(ref)} stored values, not one")
+    return float(ref["value"].iloc[0])
 
 
 def r_output(name: str) -> str:
