@@ -252,6 +252,11 @@ emit("grouseticks", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
 emit("grouseticks", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
 save_text("grouseticks_profile_ci", capture.output(print(ci)))
 
+# ---- notebook 05, Exercise 3: the toy with alike individuals, a boundary (singular) ML fit -----
+alike <- data.frame(IndF = factor(c(1, 1, 2, 2)), TreatF = factor(c(0, 1, 0, 1)), Resp = c(10, 25, 12, 20))
+toy_alike <- suppressMessages(lme4::lmer(Resp ~ 0 + TreatF + (1 | IndF), data = alike, REML = FALSE))
+record_lmer("toy_alike", "lmer_ML_cellmeans", toy_alike)
+
 # ---- write ----------------------------------------------------------------------------------
 ref <- do.call(rbind, rows)
 ref$value <- formatC(ref$value, digits = 17, format = "g")
