@@ -95,8 +95,8 @@ class LMMResult:
         group : str
             Name of the grouping factor in the random-effects table.
         """
-        how = "maximum likelihood" if self.method == "ML" else "REML"
-        lines = [f"Linear mixed model fit by {how} . t-tests use Satterthwaite's method [lmm_helpers]"]
+        how = "maximum likelihood " if self.method == "ML" else "REML"  # lme4's own titles, space and all
+        lines = [f"Linear mixed model fit by {how}. t-tests use Satterthwaite's method [lmm_helpers]"]
         if formula:
             lines.append(f"Formula: {formula}")
         if data:

@@ -154,6 +154,10 @@ def test_summary_lines_up_with_lmerTest(dataset, group, formula, r_group, method
     ours = lh.fit_lmm(y, X, g, method, names=names).summary(formula, dataset, r_group).splitlines()
     stem = "toy_lmerTest" if dataset == "toy" else f"{dataset}_lmer"
     theirs = [line.rstrip() for line in lh.r_output(f"{stem}_{method}").splitlines()]
+    # The title, which R wraps at 80 characters and ends with its class name where ours names the package.
+    r_title = " ".join(theirs[:theirs.index(f"Formula: {formula}")])
+    r_title = " ".join(r_title.split()).replace("lmerModLmerTest", "lmm_helpers").replace("[ lmm", "[lmm")
+    assert ours[0] == r_title
     ours, theirs = ours[ours.index(f"Formula: {formula}") + 2:], theirs[theirs.index(f"Formula: {formula}") + 2:]
     assert len(ours) == len(theirs), "\n".join(ours)
     for a, b in zip(ours, theirs):
