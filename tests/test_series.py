@@ -309,3 +309,14 @@ def test_numbers_in_the_prose_are_computed(path):
                 continue
             typed.append(f"{quoted!r} in ...{cell.source[max(0, m.start() - 50):m.end()]!r}")
     assert not typed, f"{path.name}: numbers in the prose that no cell computes:\n" + "\n".join(typed)
+
+
+def test_the_index_gives_the_readmes_commands():
+    """The two commands a new user runs are spelled the same in the README and in the index."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme.split("## Quick start", 1)[1], re.S)
+    open_cmd, test_cmd = blocks[0].strip(), blocks[1].strip()
+    assert "jupyter lab" in open_cmd and "notebooks/00_index.ipynb" in open_cmd
+    assert test_cmd == ".venv/bin/python -m pytest"
+    index = "\n".join(c.source for c in _read(NB_DIR / "00_index.ipynb").cells)
+    assert open_cmd in index and test_cmd in index
