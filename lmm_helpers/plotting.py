@@ -94,7 +94,7 @@ def plot_shrinkage(own, blup, sizes, ax=None, title: str = "Shrinkage of the gro
     sc = ax.scatter(own, blup, c=sizes, cmap="viridis", s=18, label="groups")
     ax.figure.colorbar(sc, ax=ax, label="group size $n_g$")
     ax.set_xlabel("own estimate (group mean residual)")
-    ax.set_ylabel(r"BLUP $E[u_g \mid y]$")
+    ax.set_ylabel(r"predicted $u_g$ (BLUP, estimated variances plugged in)")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
     return ax
@@ -141,7 +141,8 @@ def plot_toy(df, ax=None, x: str = "Treat", y: str = "Resp", group: str = "Ind",
     return ax
 
 
-def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: int = 6, title: str = ""):
+def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: int = 6, title: str = "",
+                         xlabel: str | None = None, ylabel: str | None = None):
     """One small panel per group: its points, and optionally one straight line per model in each panel.
 
     Parameters
@@ -156,16 +157,19 @@ def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: in
         Panels per row.
     title : str
         Figure title.
+    xlabel, ylabel : str, optional
+        Axis labels (with units); the column names by default.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
-    for col in (x, y, group):
+    for arg, col in (("x", x), ("y", y), ("group", group)):
         if col not in data.columns:
-            raise ValueError(f"data has no column {col!r}")
+            raise ValueError(f"{arg}: data has no column {col!r}")
     labels = list(dict.fromkeys(data[group]))
     nrows = -(-len(labels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.5 * nrows + 0.8), sharex=True, sharey=True)
@@ -181,10 +185,12 @@ def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: in
                     label=name)
         ax.set_title(str(lab), fontsize=8, pad=2)
         ax.tick_params(labelsize=7)
+    if np.issubdtype(data[x].dtype, np.integer):  # whole-number x (days, visits): no 2.5 ticks
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[len(labels):]:
         ax.set_visible(False)
-    fig.supxlabel(x)
-    fig.supylabel(y)
+    fig.supxlabel(x if xlabel is None else xlabel)
+    fig.supylabel(y if ylabel is None else ylabel)
     top = 1.0
     if title:
         fig.suptitle(title, y=0.995)

@@ -64,3 +64,31 @@ def test_plot_toy_other_columns_unsorted_rows_and_new_figure():
 def test_plot_toy_refuses_bad_input(bad):
     with pytest.raises(ValueError, match="df"):
         plot_toy(bad)
+
+
+def test_plot_small_multiples_one_panel_per_group_with_its_points_and_lines():
+    from lmm_helpers.plotting import plot_small_multiples
+
+    sleep = lh.load_dataset("sleepstudy")
+    subjects = list(dict.fromkeys(sleep.Subject))
+    own = pd.DataFrame({"intercept": 250.0, "slope": 10.0}, index=subjects)
+    fig = plot_small_multiples(sleep, "Days", "Reaction", "Subject", lines={"own": own}, ncols=5,
+                               ylabel="Reaction (ms)")
+    visible = [a for a in fig.axes if a.get_visible()]
+    assert len(visible) == len(subjects) == 18 and len(fig.axes) == 20  # 4 rows of 5, two panels hidden
+    first = visible[0]
+    points, line = first.get_lines()
+    rows = sleep[sleep.Subject == subjects[0]]
+    np.testing.assert_array_equal(points.get_ydata(), rows.Reaction.to_numpy())
+    np.testing.assert_allclose(line.get_ydata(), 250.0 + 10.0 * np.array([rows.Days.min(), rows.Days.max()]))
+    assert first.get_title() == str(subjects[0])
+    assert all(float(t).is_integer() for t in first.get_xticks())  # whole days, no 2.5
+    assert fig.get_supylabel() == "Reaction (ms)" and fig.get_supxlabel() == "Days"
+    plt.close(fig)
+
+
+def test_plot_small_multiples_refuses_a_missing_column():
+    from lmm_helpers.plotting import plot_small_multiples
+
+    with pytest.raises(ValueError, match="group: data has no column 'Subjekt'"):
+        plot_small_multiples(lh.load_dataset("sleepstudy"), "Days", "Reaction", "Subjekt")
