@@ -12,7 +12,7 @@ Modules, one job each:
 """
 from .data import load_dataset, load_reference, load_toy, r_output, reference_value
 from .design import check_inputs, group_codes, indicator_matrix, toy_design
-from .fit import LMMResult, fit_lmm, fit_lmm_dense
+from .fit import DenseFit, LMMResult, fit_lmm, fit_lmm_dense
 from .inference import (
     LMFit,
     LRTResult,
@@ -28,6 +28,7 @@ from .inference import (
 from .likelihood import covariance_matrix, gls_beta, group_sums, loglik_dense, profiled_deviance
 
 __all__ = [
+    "DenseFit",
     "LMFit",
     "LMMResult",
     "LRTResult",

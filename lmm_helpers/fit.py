@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from .likelihood import (
     profiled_loglik_dense,
 )
 
-__all__ = ["LMMResult", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
+__all__ = ["DenseFit", "LMMResult", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
 
 # theta = sigma_s^2 / sigma^2 is scale-free, so one fixed grid brackets the optimum for any data.
 _THETA_GRID = np.concatenate([[0.0], np.logspace(-8.0, 8.0, 17)])
@@ -335,15 +336,31 @@ def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
     return _result(data, sums, point, method, converged)
 
 
-def fit_lmm_dense(y, X, groups, method: str = "ML") -> tuple[np.ndarray, float, float, float]:
+class DenseFit(NamedTuple):
+    """What :func:`fit_lmm_dense` finds: a tuple ``(beta, sigma, sigma_s, loglik)`` with those names."""
+
+    beta: np.ndarray
+    sigma: float
+    sigma_s: float
+    loglik: float
+
+
+def fit_lmm_dense(y, X, groups, method: str = "ML") -> DenseFit:
     """The from-scratch route of notebook 06 for any data: build the n x n Sigma and maximise numerically.
 
     Optimises over ``(log sigma, log sigma_s)`` with beta at its GLS value; O(n^3). For teaching and as a
     cross-check of :func:`fit_lmm`; cannot reach a boundary fit exactly.
 
+    Parameters
+    ----------
+    y, X, groups
+        As for :func:`fit_lmm`.
+    method : {"ML", "REML"}
+
     Returns
     -------
-    beta, sigma, sigma_s, loglik
+    DenseFit
+        ``beta, sigma, sigma_s, loglik``, by name or unpacked in that order.
     """
     _check_method(method)
     data = check_inputs(y, X, groups)
@@ -357,5 +374,5 @@ def fit_lmm_dense(y, X, groups, method: str = "ML") -> tuple[np.ndarray, float, 
                             options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 4000})
     sigma, sigma_s = np.exp(res.x)
     loglik, beta = profiled_loglik_dense(data.y, data.X, K, sigma, sigma_s, method=method)
-    return beta, float(sigma), float(sigma_s), float(loglik)
+    return DenseFit(beta, float(sigma), float(sigma_s), float(loglik))
 

@@ -66,16 +66,28 @@ def loglik_dense(y, X, K, beta, sigma: float, sigma_s: float, method: str = "ML"
     X : array, shape (n, p)
     K : array, shape (n, G)
         Group indicator matrix.
-    beta : array, shape (p,)
-        Fixed effects. For REML the criterion is evaluated at ``beta`` (lme4 evaluates it at the GLS beta).
+    beta : array, shape (p,) or None
+        Fixed effects, for ML. The restricted likelihood does not depend on beta (it is the likelihood of error
+        contrasts, with beta integrated out), so for REML ``beta`` is ignored and the formula's ``y - X beta``
+        is taken at the GLS estimate for these variances, as lme4 does.
     sigma, sigma_s : float
         Residual and random-intercept standard deviations.
     method : {"ML", "REML"}
+
+    Returns
+    -------
+    float
+        ``-1/2 (n log 2pi + log|Sigma| + r^T Sigma^-1 r)`` (ML) or
+        ``-1/2 ((n-p) log 2pi + log|Sigma| + log|X^T Sigma^-1 X| + r^T Sigma^-1 r)`` (REML), ``r = y - X beta``.
     """
     _check_method(method)
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
     Sigma = covariance_matrix(K, sigma, sigma_s)
+    if method == "REML":
+        beta = gls_beta(y, X, Sigma)
+    elif beta is None:
+        raise ValueError("beta: the ML log-likelihood needs the fixed effects (only REML integrates them out)")
     r = y - X @ np.asarray(beta, dtype=float)
     _, logdet = np.linalg.slogdet(Sigma)
     quad = float(r @ np.linalg.solve(Sigma, r))
@@ -87,7 +99,23 @@ def loglik_dense(y, X, K, beta, sigma: float, sigma_s: float, method: str = "ML"
 
 
 def profiled_loglik_dense(y, X, K, sigma: float, sigma_s: float, method: str = "ML") -> tuple[float, np.ndarray]:
-    """Log-likelihood with beta at its GLS value for the given variances; returns ``(loglik, beta)``."""
+    """Log-likelihood (ML) or restricted log-likelihood (REML) with beta at its GLS value for the given variances.
+
+    Parameters
+    ----------
+    y : array, shape (n,)
+    X : array, shape (n, p)
+    K : array, shape (n, G)
+        Group indicator matrix.
+    sigma, sigma_s : float
+        Residual and random-intercept standard deviations.
+    method : {"ML", "REML"}
+
+    Returns
+    -------
+    (loglik, beta)
+        The log-likelihood maximised over beta for these variances (ML), or the REML criterion, and the GLS beta.
+    """
     Sigma = covariance_matrix(K, sigma, sigma_s)
     beta = gls_beta(np.asarray(y, float), np.asarray(X, float), Sigma)
     return loglik_dense(y, X, K, beta, sigma, sigma_s, method), beta

@@ -194,3 +194,37 @@ def test_exact_fit_is_refused():
     X = np.column_stack([np.ones(6), np.arange(6.0)])
     with pytest.raises(ValueError, match="residual variance is zero"):
         lh.fit_lmm(X @ [1.0, 2.0], X, [1, 1, 2, 2, 3, 3])
+
+
+def test_boundary_fit_of_the_toy_with_alike_individuals(ref):
+    """Individuals 10/25 and 12/20: lme4 puts sigma_s at 0 and flags the fit singular; so must fit_lmm."""
+    toy = lh.load_toy()
+    resp = np.array([10.0, 25.0, 12.0, 20.0])  # make_reference.R's `alike`, in the toy's row order
+    assert list(zip(toy.Ind, toy.Treat)) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    fit = lh.fit_lmm(resp, lh.toy_design(toy, "cellmeans"), toy.Ind)
+    r = lambda q: r_values(ref, "toy_alike", "lmer_ML_cellmeans", q)  # noqa: E731
+    assert fit.singular and fit.sigma_s == 0.0 and r("singular").iloc[0] == 1 and r("sigma_s").iloc[0] == 0
+    assert fit.sigma == pytest.approx(r("sigma").iloc[0], rel=1e-6)
+    assert fit.loglik == pytest.approx(r("loglik").iloc[0], rel=1e-6)
+    np.testing.assert_allclose(fit.beta, r("beta").to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fit.bse, r("se").to_numpy(), rtol=1e-6)
+
+
+def test_reml_dense_criterion_does_not_depend_on_beta():
+    """The restricted likelihood integrates beta out: any beta passed in gives lme4's REML criterion."""
+    y, X, g, _ = design("toy")
+    K = lh.indicator_matrix(lh.group_codes(g)[0])
+    at_gls = lh.loglik_dense(y, X, K, lh.gls_beta(np.asarray(y, float), X, lh.covariance_matrix(K, 6.0, 1.0)),
+                             6.0, 1.0, "REML")
+    assert lh.loglik_dense(y, X, K, [0.0, 0.0], 6.0, 1.0, "REML") == at_gls
+    assert lh.loglik_dense(y, X, K, [0.0, 0.0], 6.0, 1.0, "ML") < lh.loglik_dense(y, X, K, [6.5, 9.0], 6.0, 1.0)
+    with pytest.raises(ValueError, match="beta"):
+        lh.loglik_dense(y, X, K, None, 6.0, 1.0, "ML")
+
+
+def test_dense_fit_has_named_fields():
+    y, X, g, _ = design("sleepstudy")
+    dense = lh.fit_lmm_dense(y, X, g)
+    beta, sigma, sigma_s, loglik = dense
+    assert (dense.beta is beta) and dense.sigma == sigma and dense.sigma_s == sigma_s and dense.loglik == loglik
+    assert loglik == pytest.approx(lh.fit_lmm(y, X, g).loglik, rel=1e-9)
