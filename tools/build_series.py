@@ -18,7 +18,9 @@ What it writes
    Binder badge (the line with ``mybinder.org/badge_logo.svg``, inserted under the title if missing), which opens
    the index in JupyterLab.
 4. Slide metadata on every cell, for ``jupyter nbconvert --to slides`` (see :func:`slide_type`).
-5. The README's benchmark table between ``<!-- benchmark:start ... -->`` and ``<!-- benchmark:end -->``, copied
+5. No run timestamps: the ``execution`` metadata nbclient records in each code cell is dropped, so that
+   re-executing an unchanged notebook leaves an unchanged file.
+6. The README's benchmark table between ``<!-- benchmark:start ... -->`` and ``<!-- benchmark:end -->``, copied
    from ``benchmarks/results/benchmark.md`` (which ``benchmarks/run_benchmarks.py`` writes), so the README always
    shows the committed run.
 
@@ -244,6 +246,7 @@ def build_notebook(nb, entries: list[Entry], k: int, config: dict[str, str]):
             c.source = GENERATED_NOTE + "\n" + map_source(entries, config)
     previous_shown = None
     for cell in cells:
+        cell.metadata.pop("execution", None)  # nbclient's run timestamps: they would change every diff
         kind = slide_type(cell, previous_shown)
         cell.metadata["slideshow"] = {"slide_type": kind}
         if kind not in ("skip", "notes"):
