@@ -20,9 +20,10 @@ What it writes
 4. Slide metadata on every cell, for ``jupyter nbconvert --to slides`` (see :func:`slide_type`).
 5. No run timestamps: the ``execution`` metadata nbclient records in each code cell is dropped, so that
    re-executing an unchanged notebook leaves an unchanged file.
-6. The README's benchmark table between ``<!-- benchmark:start ... -->`` and ``<!-- benchmark:end -->``, copied
-   from ``benchmarks/results/benchmark.md`` (which ``benchmarks/run_benchmarks.py`` writes), so the README always
-   shows the committed run.
+6. The README's benchmark tables between ``<!-- benchmark:start ... -->`` and ``<!-- benchmark:end -->`` (from
+   ``benchmarks/results/benchmark.md``, written by ``benchmarks/run_benchmarks.py``) and between
+   ``<!-- series:start ... -->`` and ``<!-- series:end -->`` (from ``benchmarks/results/series.md``, written by
+   ``benchmarks/run_series.py``), so the README always shows the committed runs.
 
 Where titles and one-line descriptions come from
 ------------------------------------------------
@@ -65,8 +66,11 @@ TITLE_RE = re.compile(r"^#\s+(\d{2})\s*·\s*(.+?)\s*$", re.M)
 EXERCISE_RE = re.compile(r"^\s*\*\*Exercise\s+(\d+)\.\*\*")
 LINK_RE = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 README_BLOCK_RE = re.compile(r"(<!-- notebooks:start[^>]*-->\n)(.*?)(<!-- notebooks:end -->)", re.S)
-BENCH_BLOCK_RE = re.compile(r"(<!-- benchmark:start[^>]*-->\n)(.*?)(<!-- benchmark:end -->)", re.S)
-BENCH_TABLE = Path("benchmarks") / "results" / "benchmark.md"
+# README blocks copied from the benchmarks' own tables (marker name -> the file its table comes from).
+RESULT_TABLES = {
+    "benchmark": Path("benchmarks") / "results" / "benchmark.md",
+    "series": Path("benchmarks") / "results" / "series.md",
+}
 BADGE_URL = "https://mybinder.org/badge_logo.svg"
 
 
@@ -254,7 +258,7 @@ def build_notebook(nb, entries: list[Entry], k: int, config: dict[str, str]):
     return nb
 
 
-def build_readme(text: str, entries: list[Entry], config: dict[str, str], bench: str = "") -> str:
+def build_readme(text: str, entries: list[Entry], config: dict[str, str], tables: dict | None = None) -> str:
     """Return the README with the generated notebook table, the Binder badge and the benchmark table."""
     m = README_BLOCK_RE.search(text)
     if not m:
@@ -262,10 +266,11 @@ def build_readme(text: str, entries: list[Entry], config: dict[str, str], bench:
     table = map_source(entries, config, prefix="notebooks/")
     index = f"Start at the index, [`notebooks/{INDEX_NAME}`](notebooks/{INDEX_NAME}), the map of the series.\n\n"
     text = text[: m.start(2)] + index + table + "\n" + text[m.end(2):]
-    b = BENCH_BLOCK_RE.search(text)
-    if b and bench:  # the benchmark's own table, from its header row down, so the README shows the latest run
-        rows = bench[bench.index("| n |"):].strip() + "\n"
-        text = text[: b.start(2)] + rows + text[b.end(2):]
+    for marker, table in (tables or {}).items():  # each benchmark's table, from its header row down
+        b = re.search(rf"(<!-- {marker}:start[^>]*-->\n)(.*?)(<!-- {marker}:end -->)", text, re.S)
+        if b and table:
+            rows = table[table.index("\n|") + 1:].strip() + "\n"
+            text = text[: b.start(2)] + rows + text[b.end(2):]
     badge = f"[![Binder]({BADGE_URL})]({binder_url(config, INDEX_NAME)})"
     lines = text.split("\n")
     hits = [i for i, line in enumerate(lines) if BADGE_URL in line]
@@ -290,9 +295,8 @@ def generate(root: Path, config: dict[str, str]) -> dict[Path, str]:
         text = nbformat.writes(build_notebook(nb, entries, k, config), version=nbformat.NO_CONVERT)
         out[p] = text if text.endswith("\n") else text + "\n"
     readme = root / "README.md"
-    bench = root / BENCH_TABLE
-    out[readme] = build_readme(readme.read_text(encoding="utf-8"), entries, config,
-                               bench.read_text(encoding="utf-8") if bench.exists() else "")
+    tables = {m: (root / f).read_text(encoding="utf-8") for m, f in RESULT_TABLES.items() if (root / f).exists()}
+    out[readme] = build_readme(readme.read_text(encoding="utf-8"), entries, config, tables)
     return out
 
 

@@ -1,0 +1,121 @@
+"""Time the whole series and measure its memory: every notebook run top to bottom in a fresh kernel.
+
+The series' targets (issues 2 and 4): all notebooks together execute in under 60 s, and no notebook's kernel
+needs more than 1.5 GB (Binder gives 1-2 GB). Run from the repository root:
+
+    python benchmarks/run_series.py
+
+Each notebook is executed in memory (the files are not rewritten) by nbclient in its own child process, so
+that the child's ``RUSAGE_CHILDREN`` peak resident set size is that notebook's kernel alone. Wall time
+includes starting the kernel, as a student who presses *Restart Kernel and Run All* waits for it too.
+Writes ``benchmarks/results/series.csv``, ``series.md`` and ``series.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results"
+TIME_BUDGET_S = 60.0
+MEMORY_BUDGET_MB = 1536.0
+
+# Runs in a child process: execute one notebook, report wall time and the kernel's peak memory as JSON.
+_CHILD = r"""
+import json, resource, sys, time
+import nbformat
+from nbclient import NotebookClient
+path = sys.argv[1]
+nb = nbformat.read(path, as_version=4)
+start = time.perf_counter()
+NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": sys.argv[2]}}).execute()
+wall = time.perf_counter() - start
+peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"wall_s": wall, "kernel_peak_mb": peak_kib / 1024}))
+"""
+
+
+def run_one(path: Path) -> dict:
+    """Execute one notebook in a fresh kernel; return its wall time and the kernel's peak memory."""
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(path.parent)], capture_output=True,
+                          text=True, check=False, cwd=path.parent)
+    if proc.returncode != 0:
+        raise SystemExit(f"{path.name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    args = parser.parse_args(argv)
+    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    rows = []
+    for path in paths:
+        r = run_one(path.resolve())
+        rows.append({"notebook": path.name, "wall_s": r["wall_s"], "kernel_peak_mb": r["kernel_peak_mb"]})
+        print(f"{path.name:42s} {r['wall_s']:6.2f} s {r['kernel_peak_mb']:7.0f} MB", flush=True)
+    total = sum(r["wall_s"] for r in rows)
+    peak = max(r["kernel_peak_mb"] for r in rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "series.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["notebook", "wall_s", "kernel_peak_mb"])
+        w.writeheader()
+        w.writerows({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        "# The series: run time and memory, each notebook in a fresh kernel",
+        "",
+        "Made by `python benchmarks/run_series.py`. Wall time includes starting the kernel; memory is the peak",
+        "resident set size of that notebook's kernel.",
+        "",
+        "| notebook | wall time (s) | kernel peak memory (MB) |",
+        "|---|---:|---:|",
+        *[f"| {r['notebook']} | {r['wall_s']:.1f} | {r['kernel_peak_mb']:.0f} |" for r in rows],
+        f"| **all {len(rows)}** | **{total:.1f}** (budget {TIME_BUDGET_S:.0f}) | **{peak:.0f}** at most "
+        f"(budget {MEMORY_BUDGET_MB:.0f}) |",
+        "",
+        f"Machine: cpus {os.cpu_count()}, python {platform.python_version()}, load average at the end {load:.2f}.",
+    ]
+    (OUT / "series.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(rows, OUT / "series.png")
+    ok = total <= TIME_BUDGET_S and peak <= MEMORY_BUDGET_MB
+    print(f"total {total:.1f} s (budget {TIME_BUDGET_S:.0f}), peak {peak:.0f} MB (budget {MEMORY_BUDGET_MB:.0f}):"
+          f" {'within budget' if ok else 'OVER BUDGET'}")
+    return 0 if ok else 1
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["notebook"].split("_")[0] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    cumulative = [sum(r["wall_s"] for r in rows[: k + 1]) for k in range(len(rows))]
+    a1.bar(names, [r["wall_s"] for r in rows], color="#1f77b4", label="this notebook")
+    a1.plot(names, cumulative, "o-", color="#d62728", label="series so far")
+    a1.axhline(TIME_BUDGET_S, ls="--", color="0.3", label=f"budget {TIME_BUDGET_S:.0f} s")
+    a1.set_xlabel("notebook")
+    a1.set_ylabel("wall time (s)")
+    a1.set_title("Run time, fresh kernel each")
+    a1.legend(fontsize=8)
+    a2.bar(names, [r["kernel_peak_mb"] for r in rows], color="#2ca02c", label="kernel peak")
+    a2.axhline(MEMORY_BUDGET_MB, ls="--", color="0.3", label=f"budget {MEMORY_BUDGET_MB:.0f} MB")
+    a2.set_xlabel("notebook")
+    a2.set_ylabel("peak memory (MB)")
+    a2.set_title("Memory per notebook")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
