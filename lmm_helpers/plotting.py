@@ -9,8 +9,20 @@ import numpy as np
 GROUP_COLORS = ["#1b6ca8", "#d1495b", "#2a9d8f", "#e9a03b", "#6d597a", "#577590"]
 
 
+def figure_text(fig) -> str:
+    """A figure's plain-text stand-in: its title (or its panels' titles), for text views and screen readers."""
+    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    if not title:
+        title = "; ".join(t for t in (ax.get_title() for ax in fig.axes if ax.get_visible()) if t)
+    return f"[figure: {title}]" if title else "[figure]"
+
+
 def use_style() -> None:
-    """Apply the series' figure style: modest size, light grid, no top/right spines, fixed PNG output."""
+    """Apply the series' figure style: modest size, light grid, no top/right spines, fixed PNG output.
+
+    In a notebook it also gives figures a plain-text form naming their title, in place of matplotlib's
+    ``<Figure size ... with N Axes>``, so that what a notebook stores as a figure's text says what it shows.
+    """
     mpl.rcParams.update({
         "figure.figsize": (6.0, 4.0),
         "figure.dpi": 96,
@@ -24,6 +36,16 @@ def use_style() -> None:
         "font.size": 10,
     })
     plt.rcParams["svg.hashsalt"] = "lmm-from-scratch"
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: nothing is displayed
+        return
+    shell = get_ipython()
+    if shell is not None:
+        # Load the (inline) backend now: loading it resets every display formatter for figures, ours included.
+        plt.switch_backend(mpl.get_backend())
+        shell.display_formatter.formatters["text/plain"].for_type(
+            mpl.figure.Figure, lambda fig, printer, cycle: printer.text(figure_text(fig)))
 
 
 def plot_profile_zeta(profile, ax=None, points=None, label: str | None = None):

@@ -92,3 +92,16 @@ def test_plot_small_multiples_refuses_a_missing_column():
 
     with pytest.raises(ValueError, match="group: data has no column 'Subjekt'"):
         plot_small_multiples(lh.load_dataset("sleepstudy"), "Days", "Reaction", "Subjekt")
+
+
+def test_figure_text_names_the_title():
+    from lmm_helpers.plotting import figure_text
+
+    fig, (a, b) = plt.subplots(1, 2)
+    assert figure_text(fig) == "[figure]"
+    a.set_title("left")
+    b.set_title("right")
+    assert figure_text(fig) == "[figure: left; right]"
+    fig.suptitle("both")
+    assert figure_text(fig) == "[figure: both]"
+    plt.close(fig)

@@ -320,3 +320,15 @@ def test_the_index_gives_the_readmes_commands():
     assert test_cmd == ".venv/bin/python -m pytest"
     index = "\n".join(c.source for c in _read(NB_DIR / "00_index.ipynb").cells)
     assert open_cmd in index and test_cmd in index
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_every_figure_has_a_title_and_no_object_repr(path):
+    """use_style() gives each figure a text form naming its title; a bare repr or an untitled figure is a slip."""
+    for cell in _read(path).cells:
+        for out in cell.get("outputs", []):
+            if "image/png" in out.get("data", {}):
+                text = out["data"].get("text/plain", "")
+                assert text.startswith("[figure: "), f"{path.name}: a figure stored as {text!r}"
+            blob = str(out)
+            assert not re.search(r"at 0x[0-9a-f]{6,}|<Figure size", blob), f"{path.name}: an object repr is stored"
