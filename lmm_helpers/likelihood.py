@@ -193,6 +193,22 @@ class ProfiledPoint:
     resid_means: np.ndarray
 
 
+def _gls_from_cross(M: np.ndarray, n: int, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
+    """GLS from the cross-products ``M = [X y]^T V^-1 [X y]``: ``(A, chol(A), beta, r, m)``.
+
+    ``A = X^T V^-1 X``, ``beta = A^-1 X^T V^-1 y``, ``r = y^T V^-1 y - b^T beta`` the generalised residual sum of
+    squares, and ``m`` its divisor for ``sigma^2`` (n for ML, n - p for REML).
+    """
+    p = M.shape[0] - 1
+    A, b, yy = M[:p, :p], M[:p, p], M[p, p]
+    L = np.linalg.cholesky(A)
+    beta = np.linalg.solve(L.T, np.linalg.solve(L, b))
+    r = float(yy - b @ beta)
+    if not r > 0:
+        raise ValueError("y is fitted exactly by X: the residual variance is zero")
+    return A, L, beta, r, (n if method == "ML" else n - p)
+
+
 def profiled_deviance(theta: float, sums: GroupSums, method: str = "ML") -> ProfiledPoint:
     """Profiled deviance at ``theta = sigma_s^2 / sigma^2`` and its derivative, in O(G p^2).
 
@@ -206,13 +222,7 @@ def profiled_deviance(theta: float, sums: GroupSums, method: str = "ML") -> Prof
     n, p = sums.n, sums.p
     d = counts / (1.0 + counts * theta)
     M = sums.within + (means.T * d) @ means
-    A, b, yy = M[:p, :p], M[:p, p], M[p, p]
-    L = np.linalg.cholesky(A)
-    beta = np.linalg.solve(L.T, np.linalg.solve(L, b))
-    r = float(yy - b @ beta)
-    if not r > 0:
-        raise ValueError("y is fitted exactly by X: the residual variance is zero")
-    m = n if method == "ML" else n - p
+    A, L, beta, r, m = _gls_from_cross(M, n, method)
     logdet_v = float(np.sum(np.log1p(counts * theta)))
     deviance = m * (1.0 + np.log(2.0 * np.pi * r / m)) + logdet_v
     e = means[:, p] - means[:, :p] @ beta  # group means of the residuals
@@ -286,13 +296,7 @@ def profiled_criterion(theta: float, pooled: SizePooledSums, method: str = "ML")
     n, p = pooled.n, pooled.p
     d = u / (1.0 + u * theta)
     M = pooled.within + np.tensordot(d, S, axes=1)
-    A, b, yy = M[:p, :p], M[:p, p], M[p, p]
-    L = np.linalg.cholesky(A)
-    beta = np.linalg.solve(L.T, np.linalg.solve(L, b))
-    r = float(yy - b @ beta)
-    if not r > 0:
-        raise ValueError("y is fitted exactly by X: the residual variance is zero")
-    m = n if method == "ML" else n - p
+    _, L, beta, r, m = _gls_from_cross(M, n, method)
     deviance = m * (1.0 + np.log(2.0 * np.pi * r / m)) + float(mult @ np.log1p(u * theta))
     w = np.append(-beta, 1.0)
     e2 = np.einsum("i,uij,j->u", w, S, w)  # sum over the groups of each size of (ybar_g - xbar_g beta)^2
