@@ -303,6 +303,6 @@ def profiled_criterion(theta: float, pooled: SizePooledSums, method: str = "ML")
     grad = float(mult @ d - m * (d**2 @ e2) / r)
     if method == "REML":
         deviance += 2.0 * float(np.sum(np.log(np.diag(L))))
-        Ainv = np.linalg.inv(A)
-        grad -= float(d**2 @ np.einsum("ij,uji->u", Ainv, S[:, :p, :p]))
+        Linv = np.linalg.solve(L, np.eye(p))  # A^-1 = L^-T L^-1, from the Cholesky factor already at hand
+        grad -= float(d**2 @ np.einsum("ij,uji->u", Linv.T @ Linv, S[:, :p, :p]))
     return float(deviance), grad

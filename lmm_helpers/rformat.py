@@ -44,7 +44,7 @@ def format_num(values: Sequence[float], digits: int = 4) -> list[str]:
     list of str
         Right-justified strings of equal width.
     """
-    x = [float(v) for v in values]
+    x = [float(v) + 0.0 for v in values]  # + 0.0 turns -0.0 (a zapped -1e-16) into 0.0, which R prints unsigned
     if not x:
         return []
     info = [_digits_of(v, digits) for v in x]
