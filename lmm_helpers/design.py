@@ -44,10 +44,28 @@ class ModelData:
         return len(self.labels)
 
 
+def _real_dtype(dtype) -> bool:
+    """Whether a NumPy or pandas dtype holds real numbers (not bool, complex, text, dates or categories)."""
+    return (pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+            and not pd.api.types.is_complex_dtype(dtype))
+
+
 def _numeric(name: str, value) -> np.ndarray:
+    hint = " (cast 0/1 indicators with .astype(float))"
+    if isinstance(value, (pd.Series, pd.DataFrame)):
+        # Column by column, so that pandas' nullable dtypes (Float64, Int64) count as numbers and pd.NA as NaN,
+        # and a DataFrame with one bad column says which.
+        dtypes = value.dtypes.items() if isinstance(value, pd.DataFrame) else [(None, value.dtype)]
+        for col, dtype in dtypes:
+            if not _real_dtype(dtype):
+                where = f" (column {col!r})" if col is not None else ""
+                raise ValueError(f"{name} must be numeric (real numbers){where}, got dtype {dtype}"
+                                 + (hint if pd.api.types.is_bool_dtype(dtype) else ""))
+        value = value.to_numpy(dtype=float, na_value=np.nan)
     arr = np.asarray(value)
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name} must be numeric (real numbers), got dtype {arr.dtype}")
+    if not _real_dtype(arr.dtype):
+        raise ValueError(f"{name} must be numeric (real numbers), got dtype {arr.dtype}"
+                         + (hint if arr.dtype == bool else ""))
     arr = arr.astype(float, copy=False)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf; drop or impute those rows first")
@@ -63,10 +81,13 @@ def _integer_codes(groups) -> tuple[np.ndarray, pd.Index] | None:
     lo, hi = int(groups.min()), int(groups.max())
     if hi - lo > 2 * groups.size:  # sparse labels: a table over their range would be wasteful
         return None
+    dtype = groups.dtype
+    if dtype.itemsize < np.dtype(np.intp).itemsize:  # int8 labels -100..100 minus -100 would wrap around
+        groups = groups.astype(np.intp)
     shifted = groups - lo if lo != 0 else groups
     present = np.bincount(shifted, minlength=hi - lo + 1) > 0
     lookup = np.cumsum(present, dtype=np.intp) - 1
-    labels = pd.Index((np.flatnonzero(present) + lo).astype(groups.dtype, copy=False))
+    labels = pd.Index((np.flatnonzero(present) + lo).astype(dtype, copy=False))
     return lookup[shifted], labels
 
 
@@ -143,6 +164,10 @@ def check_inputs(y, X, groups, names=None, *, rank: bool = True) -> ModelData:
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n rows by p columns, with its own intercept column), got shape {X.shape}")
     n, p = X.shape
+    if n == 0:
+        raise ValueError("y and X have no rows")
+    if not hasattr(groups, "__len__"):
+        raise ValueError(f"groups must be an array-like with one label per row, got {type(groups).__name__}")
     if len(y) != n:
         raise ValueError(f"y has {len(y)} rows but X has {n}: lengths must match")
     if len(groups) != n:

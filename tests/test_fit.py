@@ -184,6 +184,12 @@ BAD = [
     (dict(X=np.column_stack([np.ones(6), np.arange(6), np.arange(6) ** 2, np.arange(6) ** 3, np.sin(np.arange(6))])),
      "more parameters"),
     (dict(method="OLS"), "method must be"),
+    (dict(X=np.column_stack([np.ones(6, bool), np.arange(6) % 2 == 0])), "X must be numeric.*astype"),
+    (dict(X=pd.DataFrame({"one": np.ones(6), "even": np.arange(6) % 2 == 0})), r"column 'even'.*dtype bool"),
+    (dict(y=pd.Series([1.0, 2.5, None, 4.0, 3.0, 6.5], dtype="Float64")), "y contains NaN"),
+    (dict(groups=pd.Series([1, 1, 2, None, 3, 3], dtype="Int64")), "missing labels"),
+    (dict(groups=(k for k in [1, 1, 2, 2, 3, 3])), "groups must be an array-like"),
+    (dict(y=[], X=np.ones((0, 2)), groups=[]), "no rows"),
 ]
 
 
@@ -194,6 +200,29 @@ def test_bad_input_raises_clear_valueerror(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         lh.fit_lmm(args["y"], args["X"], args["groups"], args["method"])
+
+
+def test_pandas_nullable_dtypes_are_numbers():
+    """Float64/Int64 columns (pandas' nullable dtypes) are numbers: the same fit as from float64 arrays."""
+    y, X, g, names = design("sleepstudy")
+    base = lh.fit_lmm(y, X, g, names=names)
+    fit = lh.fit_lmm(y.astype("Float64"), pd.DataFrame(X, columns=names).astype({"Days": "Int64"}),
+                     g.astype("Int64"))
+    assert fit.names == names and fit.loglik == base.loglik
+    np.testing.assert_array_equal(fit.beta, base.beta)
+
+
+def test_narrow_integer_labels_do_not_wrap_around():
+    """int8 labels -100..100: shifting them by their minimum in int8 would overflow."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(-100, 101, size=600).astype(np.int8)
+    y = rng.normal(size=600) + 0.5 * rng.normal(size=201)[labels.astype(int) + 100]
+    X = np.column_stack([np.ones(600), rng.normal(size=600)])
+    fit, wide = lh.fit_lmm(y, X, labels), lh.fit_lmm(y, X, labels.astype(np.int64))
+    assert fit.loglik == wide.loglik
+    assert fit.random_effects.index.dtype == np.int8
+    np.testing.assert_array_equal(fit.random_effects.to_numpy(), wide.random_effects.to_numpy())
+    np.testing.assert_array_equal(fit.random_effects.index.to_numpy(), np.unique(labels))
 
 
 def test_exact_fit_is_refused():
