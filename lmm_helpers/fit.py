@@ -11,9 +11,11 @@ from scipy import optimize, stats
 from .design import ModelData, check_inputs, check_rank, indicator_matrix
 from .rformat import abbreviate, format_named, format_num, format_pval, format_table, zapsmall
 from .likelihood import (
+    Centring,
     GroupSums,
     ProfiledPoint,
     _check_method,
+    centre_sums,
     group_sums,
     pool_by_size,
     profiled_criterion,
@@ -275,22 +277,29 @@ def _quantiles(x: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str, converged: bool) -> LMMResult:
+def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str, converged: bool,
+            centring: Centring) -> LMMResult:
+    """The result in the data's own coordinates, from the fit to the centred sums (see :func:`centre_sums`)."""
     p, n = data.p, data.n
     sigma2 = point.sigma2
     singular = point.theta == 0.0
-    vcov = sigma2 * np.linalg.inv(point.A)
+    T = centring.T
+    beta = T @ point.beta + centring.offset
+    L = np.linalg.cholesky(point.A)
+    Linv = np.linalg.solve(L, np.eye(len(beta)))  # A^-1 = L^-T L^-1 from the Cholesky factor, no general inverse
+    LinvT = Linv @ T.T
+    vcov = sigma2 * (LinvT.T @ LinvT)
     bse = np.sqrt(np.diag(vcov))
-    tvalues = point.beta / bse
-    df = satterthwaite_df(sums, point, method, np.eye(p))
+    tvalues = beta / bse
+    df = satterthwaite_df(sums, point, method, T)
     pvalues = 2.0 * stats.t.sf(np.abs(tvalues), df)
     loglik = -0.5 * point.deviance
     k = p + 2
     blups = point.theta * point.d * point.resid_means
-    resid = data.y - data.X @ point.beta - blups[data.codes]
+    resid = data.y - data.X @ beta - blups[data.codes]
     scaled = _quantiles(resid / np.sqrt(sigma2), np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
     return LMMResult(
-        beta=point.beta, sigma=float(np.sqrt(sigma2)), sigma_s=float(np.sqrt(point.theta * sigma2)),
+        beta=beta, sigma=float(np.sqrt(sigma2)), sigma_s=float(np.sqrt(point.theta * sigma2)),
         loglik=loglik, converged=converged, singular=singular, method=method, theta=point.theta,
         bse=bse, tvalues=tvalues, df=df, pvalues=pvalues, vcov=vcov,
         aic=-2.0 * loglik + 2 * k, bic=-2.0 * loglik + k * np.log(n),
@@ -329,11 +338,36 @@ def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
     """
     _check_method(method)
     data = check_inputs(y, X, groups, names, rank=False)
-    sums = group_sums(data.y, data.X, data.codes, data.n_groups)
-    xbar = sums.means[:, : data.p]
-    check_rank(sums.within[: data.p, : data.p] + (xbar.T * sums.counts) @ xbar, data.names)  # = X^T X
+    sums, centring = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))
+    _check_design(sums, centring, data.names)
     point, converged = _minimise_theta(sums, method)
-    return _result(data, sums, point, method, converged)
+    return _result(data, sums, point, method, converged, centring)
+
+
+def _check_design(sums: GroupSums, centring: Centring, names: list) -> None:
+    """Refuse a rank-deficient X, and a y that X fits exactly, from the centred sums.
+
+    The rank comes from ``X_c^T X_c`` (same rank as X, free of the columns' offsets). A column that centring
+    leaves with less than 1e-7 of its length (R's ``lm`` tolerance) is, to the digits the data carry, a multiple
+    of the intercept column. y is fitted exactly when the least-squares residual sum of squares is below what
+    rounding of y itself leaves (a residual SD under about 2e-13 of y's root mean square): a constant y is
+    an example, whose centred values are rounding noise, not data.
+    """
+    p, k = sums.p, centring.intercept
+    M = sums.within + (sums.means.T * sums.counts) @ sums.means  # [X_c, y_c]^T [X_c, y_c]
+    xtx = M[:p, :p]
+    if k is not None:
+        raw = np.diag(sums.within)[:p] + sums.counts @ (sums.means[:, :p] + centring.shift[:p]) ** 2  # |X_j|^2 before centring
+        for j in np.flatnonzero((np.diag(xtx) <= 1e-14 * raw) & (raw > 0)):
+            if j != k:
+                raise ValueError(f"X is rank-deficient: column {names[j]!r} is constant, a multiple of the "
+                                 f"intercept column {names[k]!r}")
+    check_rank(xtx, names)
+    z = np.linalg.solve(np.linalg.cholesky(xtx), M[:p, p])
+    rss = M[p, p] - z @ z
+    yy = sums.within[p, p] + sums.counts @ (sums.means[:, p] + centring.shift[p]) ** 2  # y^T y before centring
+    if not rss > (1e3 * np.finfo(float).eps) ** 2 * yy:
+        raise ValueError("y is fitted exactly by X (to the precision of its values): the residual variance is zero")
 
 
 class DenseFit(NamedTuple):

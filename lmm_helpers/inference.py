@@ -21,7 +21,7 @@ from scipy import interpolate, optimize, stats
 
 from .design import _numeric, check_inputs
 from .fit import LMMResult
-from .likelihood import GroupSums, _check_method, group_sums, profiled_deviance
+from .likelihood import GroupSums, _check_method, centre_sums, group_sums, profiled_deviance
 
 __all__ = [
     "LMFit",
@@ -343,7 +343,7 @@ def profile_deviance(y, X, groups, parameter: str, values, method: str = "ML") -
     if np.any(~np.isfinite(values)) or np.any(values < low):
         raise ValueError(f"values of {parameter} must be finite and {'>= 0' if low == 0 else '> 0'}")
     data = check_inputs(y, X, groups)
-    sums = group_sums(data.y, data.X, data.codes, data.n_groups)
+    sums = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))[0]  # as fit_lmm: same criterion
     scale = float(np.std(data.y)) or 1.0
     return np.array([_profile_point(sums, method, parameter, v, scale) for v in values])
 
@@ -409,7 +409,7 @@ def profile_ci(y, X, groups, level: float = 0.95, method: str = "ML", *, n_grid:
         raise ValueError(f"n_grid must be an integer >= 3, got {n_grid!r}")
     fit = fit_lmm(y, X, groups, method)
     data = check_inputs(y, X, groups)
-    sums = group_sums(data.y, data.X, data.codes, data.n_groups)
+    sums = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))[0]  # as fit_lmm: same criterion
     dev_min = fit.deviance
     cutoff = float(stats.norm.ppf((1.0 + level) / 2.0))
     out = {}

@@ -5,6 +5,7 @@ import pytest
 from conftest import design, r_values
 
 import lmm_helpers as lh
+from lmm_helpers.likelihood import centre_sums, profiled_deviance
 
 CASES = [(ds, m) for ds in ["toy", "sleepstudy", "grouseticks", "singular"] for m in ["ML", "REML"]]
 
@@ -223,6 +224,54 @@ def test_narrow_integer_labels_do_not_wrap_around():
     assert fit.random_effects.index.dtype == np.int8
     np.testing.assert_array_equal(fit.random_effects.to_numpy(), wide.random_effects.to_numpy())
     np.testing.assert_array_equal(fit.random_effects.index.to_numpy(), np.unique(labels))
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_offsets_far_from_zero_change_nothing(method):
+    """Reaction + 10^8 and Days + 10^7 (a timestamp-like covariate): the same variances, slope, SEs, df and
+    log-likelihood as sleepstudy itself. Uncentred, the cross-products lost their leading digits (sigma off by
+    7e-5, the log-likelihood by 0.01) and Days + 10^7 was refused as collinear with the intercept."""
+    y, X, g, names = design("sleepstudy")
+    base = lh.fit_lmm(y, X, g, method, names=names)
+    far = X.copy()
+    far[:, 1] += 1e7
+    fit = lh.fit_lmm(y + 1e8, far, g, method, names=names)
+    assert fit.sigma == pytest.approx(base.sigma, rel=1e-9)
+    assert fit.sigma_s == pytest.approx(base.sigma_s, rel=1e-9)
+    assert fit.loglik == pytest.approx(base.loglik, rel=1e-11)
+    assert fit.beta[1] == pytest.approx(base.beta[1], rel=1e-9)
+    # the intercept moves by the offsets, 1e8 - 1e7 * slope (to what the slope's 1e-11 error allows at 1e7)
+    assert fit.beta[0] == pytest.approx(base.beta[0] + 1e8 - 1e7 * base.beta[1], rel=1e-9)
+    assert fit.bse[1] == pytest.approx(base.bse[1], rel=1e-9)
+    assert fit.df[1] == pytest.approx(base.df[1], rel=1e-8)
+    np.testing.assert_allclose(fit.random_effects, base.random_effects, rtol=1e-8)
+
+
+def test_centring_leaves_the_criterion_unchanged():
+    """Centring moves only the group means; the profiled ML and REML criteria are the same functions of theta."""
+    y, X, g, _ = design("grouseticks")
+    codes, labels = lh.group_codes(g)
+    sums = lh.group_sums(np.asarray(y, float), X, codes, len(labels))
+    centred, how = centre_sums(sums)
+    assert how.intercept == 0 and how.shift[3] != 0.0  # Height (mean 460, SD 20) moved, the intercept not
+    for method in ["ML", "REML"]:
+        for theta in [0.0, 0.1, 1.0, 30.0]:
+            a, b = profiled_deviance(theta, sums, method), profiled_deviance(theta, centred, method)
+            assert b.deviance == pytest.approx(a.deviance, rel=1e-12)
+            np.testing.assert_allclose(how.T @ b.beta + how.offset, a.beta, rtol=1e-9)
+
+
+def test_constant_column_besides_the_intercept_is_refused():
+    args = dict(y=[1.0, 2.5, 2.0, 4.0, 3.0, 6.5], groups=[1, 1, 2, 2, 3, 3])
+    with pytest.raises(ValueError, match="'x1' is constant, a multiple of the intercept column 'x0'"):
+        lh.fit_lmm(X=np.column_stack([np.ones(6), np.full(6, 7.3), np.arange(6)]), **args)
+
+
+@pytest.mark.parametrize("value", [0.1, 3.0, 1e6 + 0.3])
+def test_constant_y_is_refused(value):
+    """Centred, a constant y is rounding noise (1e-17), not data: refused, not fitted with sigma ~ 1e-17."""
+    with pytest.raises(ValueError, match="fitted exactly"):
+        lh.fit_lmm(np.full(6, value), np.column_stack([np.ones(6), np.arange(6.0)]), [1, 1, 2, 2, 3, 3])
 
 
 def test_exact_fit_is_refused():
