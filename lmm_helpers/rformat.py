@@ -64,18 +64,46 @@ def format_num(values: Sequence[float], digits: int = 4) -> list[str]:
 
 
 def format_pval(pvalues: Sequence[float], digits: int = 3) -> list[str]:
-    """Format p-values as ``printCoefmat`` shows them: fixed notation down to 1e-3, scientific below, ``<2e-16`` at eps."""
+    """Format p-values as R's ``format.pval`` (R 4.2), which ``printCoefmat`` calls.
+
+    Values of 1e-4 and up (1e-3 and up when ``digits`` is 1) are formatted together in fixed notation, smaller
+    ones together on their own; values under machine epsilon print as ``<2e-16``, with a space after ``<`` when
+    the other p-values are wider than six characters.
+
+    Parameters
+    ----------
+    pvalues : sequence of float
+        The p-values.
+    digits : int
+        Significant digits, as ``format.pval(pv, digits)``.
+
+    Returns
+    -------
+    list of str
+        One string per p-value, unpadded.
+    """
     p = np.asarray(pvalues, dtype=float)
     out = [""] * len(p)
-    eps = np.finfo(float).eps
-    tiny = p < eps
-    fixed = ~tiny & (np.floor(np.log10(np.where(p > 0, p, 1e-50))) >= -3)
-    for mask in (fixed, ~tiny & ~fixed):
-        idx = np.flatnonzero(mask)
+    eps = float(np.finfo(float).eps)
+    is0 = p < eps
+    rest = np.flatnonzero(~is0)
+    expo = np.floor(np.log10(np.where(p[rest] > 0, p[rest], 1e-50)))
+    fixp = (expo >= -3) | ((expo == -4) & (digits > 1))
+    for idx in (rest[fixp], rest[~fixp]):
         for i, s in zip(idx, format_num(p[idx], digits)):
             out[i] = s.strip()
-    for i in np.flatnonzero(tiny):
-        out[i] = "<" + format_num([eps], max(1, digits - 2))[0]
+    if np.any(is0):
+        d = max(1, digits - 2)
+        if rest.size:
+            nc = max(len(out[i]) for i in rest)
+            if d > 1 and d + 6 > nc:
+                d = max(1, nc - 7)
+            sep = "" if d == 1 and nc <= 6 else " "
+        else:
+            sep = "" if d == 1 else " "
+        tiny = "<" + sep + format_num([eps], d)[0].strip()
+        for i in np.flatnonzero(is0):
+            out[i] = tiny
     return out
 
 
