@@ -234,7 +234,13 @@ def satterthwaite_df(sums: GroupSums, point: ProfiledPoint, method: str, contras
     dvar_s = var / s2
     g = np.vstack([2 * rho * dvar_t, 2 * sig * dvar_s])  # shape (2, k)
     quad = np.einsum("ik,ij,jk->k", g, np.linalg.inv(H), g)
-    return var**2 / quad
+    with np.errstate(over="ignore", invalid="ignore"):
+        df = var**2 / quad
+    bad = ~np.isfinite(df)
+    if np.any(bad):  # var**2 overflowed (X in tiny units): the same ratio, scaled (not the default: same bits)
+        gs = g[:, bad] / var[bad]
+        df[bad] = 1.0 / np.einsum("ik,ij,jk->k", gs, np.linalg.inv(H), gs)
+    return df
 
 
 # ---------------------------------------------------------------------------------------------- the fit
@@ -353,20 +359,25 @@ def _check_design(sums: GroupSums, centring: Centring, names: list) -> None:
     rounding of y itself leaves (a residual SD under about 2e-13 of y's root mean square): a constant y is
     an example, whose centred values are rounding noise, not data.
     """
-    p, k = sums.p, centring.intercept
+    p, k, n = sums.p, centring.intercept, sums.n
+    with np.errstate(over="ignore", under="ignore"):  # overflow to inf is what the magnitude check looks for
+        raw = np.diag(sums.within) + sums.counts @ (sums.means + centring.shift) ** 2  # |[X, y]_j|^2, uncentred
+    rms = np.sqrt(raw / n)
+    for j in np.flatnonzero((rms > 0) & ~((rms >= 1e-100) & (rms <= 1e100))):
+        what = "y" if j == p else f"X: column {names[j]!r}"
+        raise ValueError(f"{what} has values of magnitude {rms[j]:.1e}, too large or too small to square in double "
+                         "precision; rescale it (change its units)")
     M = sums.within + (sums.means.T * sums.counts) @ sums.means  # [X_c, y_c]^T [X_c, y_c]
     xtx = M[:p, :p]
     if k is not None:
-        raw = np.diag(sums.within)[:p] + sums.counts @ (sums.means[:, :p] + centring.shift[:p]) ** 2  # |X_j|^2 before centring
-        for j in np.flatnonzero((np.diag(xtx) <= 1e-14 * raw) & (raw > 0)):
+        for j in np.flatnonzero((np.diag(xtx) <= 1e-14 * raw[:p]) & (raw[:p] > 0)):
             if j != k:
                 raise ValueError(f"X is rank-deficient: column {names[j]!r} is constant, a multiple of the "
                                  f"intercept column {names[k]!r}")
     check_rank(xtx, names)
     z = np.linalg.solve(np.linalg.cholesky(xtx), M[:p, p])
     rss = M[p, p] - z @ z
-    yy = sums.within[p, p] + sums.counts @ (sums.means[:, p] + centring.shift[p]) ** 2  # y^T y before centring
-    if not rss > (1e3 * np.finfo(float).eps) ** 2 * yy:
+    if not rss > (1e3 * np.finfo(float).eps) ** 2 * raw[p]:
         raise ValueError("y is fitted exactly by X (to the precision of its values): the residual variance is zero")
 
 

@@ -1,4 +1,6 @@
 """fit_lmm against real lme4/lmerTest output, closed forms, the dense route, and bad input."""
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -272,6 +274,31 @@ def test_constant_y_is_refused(value):
     """Centred, a constant y is rounding noise (1e-17), not data: refused, not fitted with sigma ~ 1e-17."""
     with pytest.raises(ValueError, match="fitted exactly"):
         lh.fit_lmm(np.full(6, value), np.column_stack([np.ones(6), np.arange(6.0)]), [1, 1, 2, 2, 3, 3])
+
+
+@pytest.mark.parametrize("which, scale", [("y", 1e150), ("y", 1e-150), ("X", 1e150), ("X", 1e-150)])
+def test_magnitudes_beyond_double_precision_are_refused(which, scale):
+    """Squares of 1e150 overflow and of 1e-150 underflow: a ValueError naming y or X's column, not an
+    OverflowError, ZeroDivisionError or NaN df."""
+    y, X, g, names = design("sleepstudy")
+    X = X.copy()
+    if which == "X":
+        X[:, 1] *= scale
+    with pytest.raises(ValueError, match="column 'Days' has values" if which == "X" else "^y has values"):
+        lh.fit_lmm(y * (scale if which == "y" else 1.0), X, g, names=names)
+
+
+def test_tiny_units_of_x_keep_satterthwaite_finite():
+    """Days in units of 1e90 days: var(beta)^2 overflows; df and p-values are those of Days in days."""
+    y, X, g, names = design("sleepstudy")
+    base = lh.fit_lmm(y, X, g)
+    X = X.copy()
+    X[:, 1] *= 1e-90
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = lh.fit_lmm(y, X, g)
+    np.testing.assert_allclose(fit.df, base.df, rtol=1e-12)
+    np.testing.assert_allclose(fit.pvalues, base.pvalues, rtol=1e-10)
 
 
 def test_exact_fit_is_refused():
