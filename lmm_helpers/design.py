@@ -204,10 +204,22 @@ def indicator_matrix(codes, n_groups: int | None = None) -> np.ndarray:
         Group index of each row, as from :func:`group_codes`.
     n_groups : int, optional
         Number of groups; defaults to ``max(codes) + 1``.
+
+    Raises
+    ------
+    ValueError
+        If codes are not non-negative integers below ``n_groups``.
     """
     codes = np.asarray(codes)
+    if codes.ndim != 1 or codes.dtype.kind not in "iu":
+        raise ValueError(f"codes must be a 1-D array of integers (as from group_codes), got {codes.dtype} "
+                         f"of shape {codes.shape}")
+    if codes.size and codes.min() < 0:  # -1 would silently index the last column
+        raise ValueError(f"codes must be >= 0, got {int(codes.min())}")
     if n_groups is None:
-        n_groups = int(codes.max()) + 1
+        n_groups = int(codes.max()) + 1 if codes.size else 0
+    if codes.size and codes.max() >= n_groups:
+        raise ValueError(f"codes holds {int(codes.max())} but n_groups is {n_groups}: codes must be < n_groups")
     K = np.zeros((len(codes), n_groups))
     K[np.arange(len(codes)), codes] = 1.0
     return K

@@ -301,6 +301,14 @@ def test_tiny_units_of_x_keep_satterthwaite_finite():
     np.testing.assert_allclose(fit.pvalues, base.pvalues, rtol=1e-10)
 
 
+def test_indicator_matrix_checks_its_codes():
+    np.testing.assert_array_equal(lh.indicator_matrix([0, 2, 2], 4), [[1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]])
+    for codes, n_groups, message in [([0, 1, -1], None, ">= 0"), ([0, 1, 2], 2, "< n_groups"),
+                                     ([0.0, 1.0], None, "integers"), ([[0, 1]], None, "1-D")]:
+        with pytest.raises(ValueError, match=message):
+            lh.indicator_matrix(codes, n_groups)
+
+
 def test_exact_fit_is_refused():
     X = np.column_stack([np.ones(6), np.arange(6.0)])
     with pytest.raises(ValueError, match="residual variance is zero"):
