@@ -46,13 +46,43 @@ def _check_method(method: str) -> str:
 
 # --------------------------------------------------------------------------------------------- dense route
 def covariance_matrix(K: np.ndarray, sigma: float, sigma_s: float) -> np.ndarray:
-    """Return ``Sigma = sigma_s^2 K K^T + sigma^2 I``, the n x n covariance of y."""
+    """Return ``Sigma = sigma_s^2 K K^T + sigma^2 I``, the n x n covariance of y.
+
+    Parameters
+    ----------
+    K : array, shape (n, G)
+        Group indicator matrix (:func:`lmm_helpers.design.indicator_matrix`).
+    sigma, sigma_s : float
+        Residual and random-intercept standard deviations (only their squares enter, so an optimiser that
+        wanders to a negative value gets the same Sigma as at its absolute value).
+
+    Returns
+    -------
+    ndarray, shape (n, n)
+    """
     K = np.asarray(K, dtype=float)
+    if K.ndim != 2:
+        raise ValueError(f"K must be 2-D (n rows by G groups), got shape {K.shape}")
     return sigma_s**2 * (K @ K.T) + sigma**2 * np.eye(K.shape[0])
 
 
 def gls_beta(y: np.ndarray, X: np.ndarray, Sigma: np.ndarray) -> np.ndarray:
-    """Generalised least squares ``(X^T Sigma^-1 X)^-1 X^T Sigma^-1 y`` via a Cholesky factor of Sigma."""
+    """Generalised least squares ``(X^T Sigma^-1 X)^-1 X^T Sigma^-1 y`` via a Cholesky factor of Sigma.
+
+    With ``Sigma = L L^T`` the problem becomes ordinary least squares of ``L^-1 y`` on ``L^-1 X``, solved by
+    ``lstsq`` (an orthogonal factorisation, not the normal equations).
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+    Sigma : ndarray, shape (n, n)
+        Symmetric positive definite covariance of y.
+
+    Returns
+    -------
+    ndarray, shape (p,)
+    """
     L = np.linalg.cholesky(Sigma)
     Xw = np.linalg.solve(L, X)
     yw = np.linalg.solve(L, y)
@@ -160,6 +190,19 @@ def group_sums(y: np.ndarray, X: np.ndarray, codes: np.ndarray, n_groups: int) -
 
     Centring each group on its own mean before taking cross-products keeps the within part free of the
     cancellation that ``X^T X - sum_g n_g xbar_g xbar_g^T`` would suffer.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+    codes : ndarray of int, shape (n,)
+        Group index of each row, ``0 .. n_groups-1``, every group present (as from
+        :func:`lmm_helpers.design.group_codes`).
+    n_groups : int
+
+    Returns
+    -------
+    GroupSums
     """
     n, p = X.shape
     Z = np.empty((n, p + 1), order="F")
@@ -269,6 +312,17 @@ def profiled_deviance(theta: float, sums: GroupSums, method: str = "ML") -> Prof
 
     With ``d_g = n_g / (1 + n_g theta)`` the GLS cross-products are
     ``[X y]^T V^-1 [X y] = within + sum_g d_g zbar_g zbar_g^T``; ``log|V| = sum_g log(1 + n_g theta)``.
+
+    Parameters
+    ----------
+    theta : float
+        ``sigma_s^2 / sigma^2``, >= 0.
+    sums : GroupSums
+    method : {"ML", "REML"}
+
+    Returns
+    -------
+    ProfiledPoint
     """
     _check_method(method)
     if not theta >= 0:
@@ -326,7 +380,16 @@ class SizePooledSums:
 
 
 def pool_by_size(sums: GroupSums) -> SizePooledSums:
-    """Pool the per-group outer products ``zbar_g zbar_g^T`` over groups of equal size, in O(G p^2)."""
+    """Pool the per-group outer products ``zbar_g zbar_g^T`` over groups of equal size, in O(G p^2).
+
+    Parameters
+    ----------
+    sums : GroupSums
+
+    Returns
+    -------
+    SizePooledSums
+    """
     counts = sums.counts.astype(np.intp)
     mult_all = np.bincount(counts)
     present = mult_all > 0
@@ -346,6 +409,18 @@ def profiled_criterion(theta: float, pooled: SizePooledSums, method: str = "ML")
     """The profiled deviance and its derivative in theta, as :func:`profiled_deviance`, from size-pooled sums.
 
     Returns ``(deviance, grad)`` only; O(U p^2) per call, so a fit's many evaluations cost next to nothing.
+
+    Parameters
+    ----------
+    theta : float
+        ``sigma_s^2 / sigma^2``, >= 0.
+    pooled : SizePooledSums
+    method : {"ML", "REML"}
+
+    Returns
+    -------
+    (float, float)
+        The profiled deviance (or REML criterion) and its derivative in theta.
     """
     u, mult, S = pooled.sizes, pooled.mult, pooled.outer
     n, p = pooled.n, pooled.p
