@@ -138,6 +138,29 @@ def check_rank(xtx: np.ndarray, names: list) -> None:
         )
 
 
+def _check_rank_dense(X: np.ndarray, names: list) -> None:
+    """:func:`check_rank` of X with its non-constant columns centred when X has a constant (intercept) column.
+
+    Centring changes neither the rank nor the column space, but keeps a covariate far from 0 (a calendar year,
+    a timestamp) from looking collinear with the intercept; a column that centring leaves with less than 1e-7
+    of its length (R's ``lm`` tolerance) is, to the digits the data carry, a multiple of the intercept.
+    """
+    const = np.flatnonzero((X[0] != 0) & np.all(X == X[0], axis=0))
+    if const.size == 0:
+        check_rank(X.T @ X, names)
+        return
+    k = int(const[0])
+    shift = X.mean(axis=0)
+    shift[k] = 0.0
+    Xc = X - shift
+    raw, cen = np.einsum("ij,ij->j", X, X), np.einsum("ij,ij->j", Xc, Xc)
+    for j in np.flatnonzero((cen <= 1e-14 * raw) & (raw > 0)):
+        if j != k:
+            raise ValueError(f"X is rank-deficient: column {names[j]!r} is constant, a multiple of the "
+                             f"intercept column {names[k]!r}")
+    check_rank(Xc.T @ Xc, names)
+
+
 def check_inputs(y, X, groups, names=None, *, rank: bool = True) -> ModelData:
     """Check the inputs of a random-intercept model and return them as arrays.
 
@@ -191,7 +214,7 @@ def check_inputs(y, X, groups, names=None, *, rank: bool = True) -> ModelData:
     if len(names) != p:
         raise ValueError(f"names has {len(names)} entries but X has {p} columns")
     if rank:
-        check_rank(X.T @ X, names)
+        _check_rank_dense(X, names)
     return ModelData(y=y, X=X, codes=codes, labels=labels, names=names)
 
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import design, r_values
 
 import lmm_helpers as lh
+from lmm_helpers.inference import profile_ci
 from lmm_helpers.likelihood import centre_sums, profiled_deviance
 
 CASES = [(ds, m) for ds in ["toy", "sleepstudy", "grouseticks", "singular"] for m in ["ML", "REML"]]
@@ -247,6 +248,26 @@ def test_offsets_far_from_zero_change_nothing(method):
     assert fit.bse[1] == pytest.approx(base.bse[1], rel=1e-9)
     assert fit.df[1] == pytest.approx(base.df[1], rel=1e-8)
     np.testing.assert_allclose(fit.random_effects, base.random_effects, rtol=1e-8)
+
+
+def test_dense_route_and_profiles_accept_a_covariate_far_from_zero():
+    """check_inputs (the dense route's and the profiles' check) centres too: Treat + 1e6 and Days + 1e7 are not
+    collinear with the intercept (their spread is more than 1e-7 of their size, R's lm tolerance)."""
+    y, X, g, names = design("toy")
+    far = X.copy()
+    far[:, 1] += 1e6
+    lh.check_inputs(y, far, g, names)
+    far[:, 1] += 1e7  # 0/1 at 1.1e7: spread 5e-8 of the size, collinear to R's lm too
+    with pytest.raises(ValueError, match="'Treat' is constant"):
+        lh.check_inputs(y, far, g, names)
+    with pytest.raises(ValueError, match="'x1' is constant, a multiple of the intercept column 'x0'"):
+        lh.check_inputs(np.r_[y, y], np.column_stack([np.ones(8), np.full(8, 7.3), np.arange(8)]), np.r_[g, g])
+    ys, Xs, gs, _ = design("sleepstudy")
+    Xs = Xs.copy()
+    Xs[:, 1] += 1e7
+    prof = profile_ci(ys, Xs, gs)
+    base = profile_ci(*design("sleepstudy")[:3])
+    assert prof["sigma_s"].upper == pytest.approx(base["sigma_s"].upper, rel=1e-8)
 
 
 def test_centring_leaves_the_criterion_unchanged():
