@@ -9,7 +9,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import lmm_helpers as lh  # noqa: E402
-from lmm_helpers.plotting import GROUP_COLORS, plot_toy  # noqa: E402
+from lmm_helpers.plotting import GROUP_COLORS, plot_profile_zeta, plot_shrinkage, plot_toy  # noqa: E402
 
 
 @pytest.fixture
@@ -105,3 +105,28 @@ def test_figure_text_names_the_title():
     fig.suptitle("both")
     assert figure_text(fig) == "[figure: both]"
     plt.close(fig)
+
+
+def test_plot_shrinkage_puts_each_group_at_own_versus_blup(ax):
+    own, blup, sizes = np.array([-2.0, 0.5, 3.0]), np.array([-1.0, 0.2, 2.5]), np.array([2, 5, 10])
+    plot_shrinkage(own, blup, sizes, ax=ax, title="Shrinkage")
+    np.testing.assert_array_equal(ax.collections[0].get_offsets(), np.column_stack([own, blup]))
+    np.testing.assert_array_equal(ax.collections[0].get_array(), sizes)
+    assert ax.get_title() == "Shrinkage" and ax.get_xlabel() and ax.get_ylabel()
+    with pytest.raises(ValueError, match="same length"):
+        plot_shrinkage(own, blup[:2], sizes, ax=ax)
+
+
+def test_plot_profile_zeta_shades_the_interval_and_draws_the_cutoffs(ax):
+    y, X, g = lh.load_toy().Resp, lh.toy_design(lh.load_toy()), lh.load_toy().Ind
+    prof = lh.profile_ci(y, X, g)["sigma"]
+    plot_profile_zeta(prof, ax=ax, points=(prof.values[::4], prof.zeta[::4]))
+    line, pts = ax.get_lines()[:2]
+    np.testing.assert_array_equal(line.get_xdata(), prof.values)
+    np.testing.assert_array_equal(line.get_ydata(), prof.zeta)
+    np.testing.assert_array_equal(pts.get_xdata(), prof.values[::4])
+    cutoffs = sorted(ln.get_ydata()[0] for ln in ax.get_lines()[2:4])
+    assert cutoffs == pytest.approx([-prof.cutoff, prof.cutoff])
+    span = ax.patches[0]  # axvspan: a rectangle in data x (axes y)
+    assert (span.get_x(), span.get_x() + span.get_width()) == pytest.approx((prof.lower, prof.upper))
+    assert ax.get_title() == "Profile of sigma"
