@@ -357,7 +357,8 @@ class ProfileInterval:
     parameter : str
         ``"sigma_s"`` or ``"sigma"``.
     estimate, lower, upper : float
-        The estimate and the interval (``lower`` is 0.0 when the profile at 0 stays under the cutoff).
+        The estimate and the interval (``lower`` is 0.0 when the profile at 0 stays under the cutoff; ``upper``
+        is inf when the profile levels off under it, as a REML profile of ``sigma_s`` can).
     level : float
     values, zeta : ndarray
         A grid of the parameter and the signed root ``zeta = sign(v - estimate) sqrt(dev(v) - dev_min)``
@@ -420,21 +421,27 @@ def profile_ci(y, X, groups, level: float = 0.95, method: str = "ML", *, n_grid:
             d = _profile_point(sums, method, name, v, scale) - dev_min
             return float(np.sign(v - est) * np.sqrt(max(d, 0.0)))
 
-        # upper: step out until zeta passes the cutoff, then solve zeta = cutoff
+        # upper: step out until zeta passes the cutoff, then solve zeta = cutoff. A REML profile of sigma_s can
+        # level off below the cutoff (groups that leave no between-group degrees of freedom once X is fitted):
+        # then the data bound sigma_s only from below and the upper limit is infinite.
         hi = max(est, 1e-8 * scale) * 2.0
-        while zeta(hi) < cutoff:
+        while zeta(hi) < cutoff and hi < 1e8 * scale:
             hi *= 2.0
-        upper = optimize.brentq(lambda v: zeta(v) - cutoff, est, hi, xtol=1e-12 * hi, rtol=1e-13)
+        if zeta(hi) < cutoff:
+            upper = float("inf")
+        else:
+            upper = optimize.brentq(lambda v: zeta(v) - cutoff, est, hi, xtol=1e-12 * hi, rtol=1e-13)
         # lower: sigma_s may stay inside the interval all the way to 0
         floor = 0.0 if name == "sigma_s" else est * 1e-8
         if est == 0.0 or zeta(floor) > -cutoff:
             lower = 0.0 if name == "sigma_s" else floor
         else:
             lower = optimize.brentq(lambda v: zeta(v) + cutoff, floor, est, xtol=1e-12 * est, rtol=1e-13)
-        span = upper - lower
+        top = upper if np.isfinite(upper) else 10.0 * max(est, scale)  # the plotted stretch of an open profile
+        span = top - lower
         start = lower - 0.15 * span
         start = max(start, 0.5 * lower) if name == "sigma" else max(start, 0.0)  # sigma's profile dives near 0
-        grid = np.linspace(start, upper + 0.15 * span, n_grid)
+        grid = np.linspace(start, top + 0.15 * span, n_grid)
         grid = np.unique(np.append(grid, est))
         out[name] = ProfileInterval(parameter=name, estimate=float(est), lower=float(lower), upper=float(upper),
                                     level=level, cutoff=cutoff, values=grid,

@@ -182,3 +182,18 @@ def test_bad_arguments():
         profile_deviance(y, X, g, "sigma", [0.0])
     with pytest.raises(ValueError, match="zeta"):
         spline_limits([1.0, 2.0, 3.0], [0.0, -1.0, 1.0], Z95)
+
+
+def test_profile_that_levels_off_gives_an_infinite_upper_limit():
+    """Two groups and a group-level covariate: once X is fitted no between-group df is left, so the REML
+    criterion stays bounded as sigma_s grows; the upper limit is inf (it used to step out until Sigma overflowed)."""
+    rng = np.random.default_rng(3)
+    g = np.repeat([0, 1], 10)
+    X = np.column_stack([np.ones(20), g, rng.normal(size=20)])
+    y = X @ [1.0, 2.0, 0.5] + rng.normal(size=20) + np.array([0.3, -0.3])[g]
+    reml = profile_ci(y, X, g, method="REML")
+    assert reml["sigma_s"].upper == np.inf and np.all(np.isfinite(reml["sigma_s"].zeta))
+    assert np.all(np.abs(reml["sigma_s"].zeta) < reml["sigma_s"].cutoff)
+    assert np.isfinite(reml["sigma"].upper)
+    ml = profile_ci(y, X, g, method="ML")  # the ML deviance grows with sigma_s: a finite interval
+    assert np.isfinite(ml["sigma_s"].upper) and ml["sigma_s"].lower == 0.0
