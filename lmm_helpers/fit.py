@@ -137,7 +137,9 @@ def _coef_table(names: list, beta: np.ndarray, bse: np.ndarray, df: np.ndarray, 
     digits = 4
     cs = np.column_stack([beta, bse, df])
     small = np.abs(cs[np.isfinite(cs) & (cs != 0)])
-    digmin = 1 + np.floor(np.log10(small.min())) if small.size else 1
+    # R's floor(log10(min)); a value within rounding of a power of ten (a df of 1 - 2e-16) counts as that power,
+    # as it does in R, where the same df comes out a hair above 1.
+    digmin = 1 + np.floor(np.log10(small.min()) + 1e-9) if small.size else 1
     cs = np.round(cs, int(max(1, digits - digmin)))
     flat = format_num(cs.ravel(order="F"), digits)
     n = len(beta)
