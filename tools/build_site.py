@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 from nbconvert import HTMLExporter
@@ -31,23 +32,23 @@ NOTEBOOK_LINK_RE = re.compile(r"\]\((\d{2}_[^)\s#]+?)\.ipynb(#[^)\s]*)?\)")
 TITLE_RE = re.compile(r"^#\s+(\d{2})\s*·\s*(.+?)\s*$", re.M)
 
 
-def page_name(notebook: str, suffix: str = ".html") -> str:
-    """Return the page a notebook becomes: ``00_index`` is the site's ``index``; others keep their stem."""
+def page_name(notebook: str) -> str:
+    """Return the page a notebook becomes: ``00_index`` is the site's ``index.html``; others keep their stem."""
     stem = Path(notebook).stem
-    return ("index" if stem == "00_index" else stem) + suffix
+    return ("index" if stem == "00_index" else stem) + ".html"
 
 
-def rewrite_links(markdown: str, suffix: str = ".html") -> str:
-    """Point Markdown links at other notebooks (``](NN_name.ipynb)``) to their pages instead."""
-    return NOTEBOOK_LINK_RE.sub(lambda m: f"]({page_name(m.group(1), suffix)}{m.group(2) or ''})", markdown)
-
-
-def prepare(path: Path, suffix: str = ".html"):
-    """Read a notebook and rewrite its links between notebooks for the built pages; return it and its title."""
-    nb = nbformat.read(path, as_version=4)
+def rewrite_links(nb, name: Callable[[str], str] = page_name) -> None:
+    """Point the Markdown links at other notebooks (``](NN_name.ipynb)``) to what ``name`` says they become."""
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            cell.source = rewrite_links(cell.source, suffix)
+            cell.source = NOTEBOOK_LINK_RE.sub(lambda m: f"]({name(m.group(1))}{m.group(2) or ''})", cell.source)
+
+
+def prepare(path: Path):
+    """Read a notebook and rewrite its links between notebooks for the built pages; return it and its title."""
+    nb = nbformat.read(path, as_version=4)
+    rewrite_links(nb)
     first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
     m = TITLE_RE.search(first)
     title = f"{m.group(1)} · {m.group(2)}" if m else path.stem

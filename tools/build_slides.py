@@ -15,15 +15,16 @@ internet access. To present offline, pass ``--reveal-prefix`` and ``--mathjax-ur
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import nbformat
 from nbconvert import SlidesExporter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the site builder beside this script
+from build_site import rewrite_links  # noqa: E402  (one definition of what a link to a notebook is)
+
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_LINK_RE = re.compile(r"\]\((\d{2}_[^)\s#]+?)\.ipynb(#[^)\s]*)?\)")
 
 
 def deck_name(notebook: str) -> str:
@@ -46,11 +47,7 @@ def build_slides(root: Path, out: Path, reveal_prefix: str | None = None, mathja
     decks = []
     for path in paths:
         nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "markdown":
-                cell.source = NOTEBOOK_LINK_RE.sub(
-                    lambda m: f"]({deck_name(m.group(1))}{m.group(2) or ''})", cell.source
-                )
+        rewrite_links(nb, deck_name)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         deck = out / deck_name(path.name)
         deck.write_text(body, encoding="utf-8")
