@@ -5,14 +5,22 @@ Modules, one job each:
 - :mod:`lmm_helpers.data`: the datasets and R's stored reference outputs
 - :mod:`lmm_helpers.design`: design matrices, the indicator matrix K, input checks
 - :mod:`lmm_helpers.likelihood`: the log-likelihood, dense (n x n) and grouped (O(n))
-- :mod:`lmm_helpers.fit`: :func:`fit_lmm` and its result
+- :mod:`lmm_helpers.fit`: :func:`fit_lmm`, its result, and the warnings of a flagged fit (:class:`LMMWarning`)
 - :mod:`lmm_helpers.inference`: likelihood-ratio tests, the plain linear model, Wald and profile intervals
 - :mod:`lmm_helpers.symbolic`: SymPy builders for the toy's Sigma, det Sigma and log-likelihood
 - :mod:`lmm_helpers.plotting`: the series' plotting style and its recurring figures
 """
 from .data import load_dataset, load_reference, load_toy, r_output, reference_value
 from .design import check_inputs, group_codes, indicator_matrix, toy_design
-from .fit import DenseFit, LMMResult, fit_lmm, fit_lmm_dense
+from .fit import (
+    ConvergenceWarning,
+    DenseFit,
+    IdentifiabilityWarning,
+    LMMResult,
+    LMMWarning,
+    fit_lmm,
+    fit_lmm_dense,
+)
 from .inference import (
     LMFit,
     LRTResult,
@@ -28,9 +36,12 @@ from .inference import (
 from .likelihood import covariance_matrix, gls_beta, group_sums, loglik_dense, profiled_deviance
 
 __all__ = [
+    "ConvergenceWarning",
     "DenseFit",
+    "IdentifiabilityWarning",
     "LMFit",
     "LMMResult",
+    "LMMWarning",
     "LRTResult",
     "ProfileInterval",
     "check_inputs",

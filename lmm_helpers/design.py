@@ -8,6 +8,10 @@ import pandas as pd
 
 __all__ = ["ModelData", "check_inputs", "check_rank", "group_codes", "indicator_matrix", "toy_design"]
 
+# Largest and smallest magnitude of data the fitters accept: squares and cross-products of values beyond 1e+-100,
+# summed over many rows, overflow or underflow double precision (its range is about 1e+-308).
+_MAGNITUDE = (1e-100, 1e100)
+
 
 @dataclass(frozen=True)
 class ModelData:
@@ -50,8 +54,81 @@ def _real_dtype(dtype) -> bool:
             and not pd.api.types.is_complex_dtype(dtype))
 
 
+def _refuse_masked(name: str, value) -> None:
+    """Refuse a numpy masked array with masked entries: ``np.asarray`` would drop the mask and use the hidden values."""
+    if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
+        count = int(np.ma.getmaskarray(value).sum())
+        raise ValueError(f"{name} is a masked array with {count} masked value(s); their hidden values would be used: "
+                         "drop those rows from y, X and groups alike first (keep = ~np.ma.getmaskarray(...))")
+
+
+def _check_same_index(**objs) -> None:
+    """Refuse pandas inputs whose indexes differ: rows are matched by position, never aligned by label.
+
+    statsmodels refuses the same. Aligning by label silently would reorder or drop rows; reset the indexes
+    (``.reset_index(drop=True)``) or reindex the inputs to one another first.
+    """
+    indexed = [(name, obj.index) for name, obj in objs.items() if isinstance(obj, (pd.Series, pd.DataFrame))]
+    for (name0, idx0), (name, idx) in zip(indexed, indexed[1:]):
+        if not idx.equals(idx0):
+            raise ValueError(f"{name0} and {name} are pandas objects with different indexes; rows are matched by "
+                             "position, not by label: reindex them to one another or reset their indexes "
+                             "(.reset_index(drop=True)) first")
+
+
+def _check_magnitude(name: str, arr: np.ndarray, names: list | None = None) -> None:
+    """Refuse values too large or too small to square and sum in double precision (see ``_MAGNITUDE``).
+
+    From the largest absolute value of each column (before any square is formed, so no overflow warning is
+    printed first); an all-zero column is left to the rank check.
+    """
+    top = np.max(np.abs(arr), axis=0) if arr.size else np.zeros(arr.shape[1:])
+    lo, hi = _MAGNITUDE
+    for j in np.flatnonzero(np.atleast_1d((top > 0) & ((top < lo) | (top > hi)))):
+        what = name if arr.ndim == 1 else f"{name}: column {names[j]!r}"
+        size = float(np.atleast_1d(top)[j])
+        raise ValueError(f"{what} has values of magnitude {size:.1e}, too large or too small to square in double "
+                         "precision; rescale it (change its units)")
+
+
+def _exactly(rss: float, yy: float, centred: float, per_value: float = 16.0) -> bool:
+    """Whether a residual sum of squares ``rss`` is rounding rather than data.
+
+    ``yy`` is the uncentred sum of squares of y and ``centred`` the sum of squares ``rss`` was subtracted from.
+    Each value of y carries a relative rounding error of about ``eps``, so a residual SD under ``per_value * eps``
+    times y's root mean square is rounding; and ``rss``, formed as a difference of cross-products, carries an
+    error of a few ``eps * centred``, so a residual under ``1e3 eps`` of that is rounding too.
+    """
+    eps = np.finfo(float).eps
+    return not rss > (per_value * eps) ** 2 * yy + 1e3 * eps * centred
+
+
+def _check_exact_fit(rss: float, yy: float, centred: float = 0.0) -> None:
+    """Refuse a y that X fits exactly, to the precision its values carry (:func:`_exactly`).
+
+    Raises
+    ------
+    ValueError
+        When the residual sum of squares ``rss`` is rounding: a constant y, or y = X b computed in floating point.
+    """
+    if _exactly(rss, yy, centred):
+        raise ValueError("y is fitted exactly by X (to the precision of its values): the residual variance is zero")
+
+
+def _check_names(names, p: int) -> list:
+    """The column names as strings, one per column of X and all different (else fe_params and summary() mix them)."""
+    names = [str(nm) for nm in names]
+    if len(names) != p:
+        raise ValueError(f"names has {len(names)} entries but X has {p} columns")
+    dup = sorted({nm for nm in names if names.count(nm) > 1})
+    if dup:
+        raise ValueError(f"the names of the columns of X must be distinct; repeated: {', '.join(map(repr, dup))}")
+    return names
+
+
 def _numeric(name: str, value) -> np.ndarray:
     hint = " (cast 0/1 indicators with .astype(float))"
+    _refuse_masked(name, value)
     if isinstance(value, (pd.Series, pd.DataFrame)):
         # Column by column, so that pandas' nullable dtypes (Float64, Int64) count as numbers and pd.NA as NaN,
         # and a DataFrame with one bad column says which.
@@ -84,10 +161,11 @@ def _integer_codes(groups) -> tuple[np.ndarray, pd.Index] | None:
     dtype = groups.dtype
     if dtype.itemsize < np.dtype(np.intp).itemsize:  # int8 labels -100..100 minus -100 would wrap around
         groups = groups.astype(np.intp)
-    shifted = groups - lo if lo != 0 else groups
+    base = groups.dtype.type(lo)  # in the labels' own type: uint64 labels >= 2**63 do not fit a C long
+    shifted = (groups - base if lo != 0 else groups).astype(np.intp, copy=False)
     present = np.bincount(shifted, minlength=hi - lo + 1) > 0
     lookup = np.cumsum(present, dtype=np.intp) - 1
-    labels = pd.Index((np.flatnonzero(present) + lo).astype(dtype, copy=False))
+    labels = pd.Index((np.flatnonzero(present).astype(groups.dtype) + base).astype(dtype, copy=False))
     return lookup[shifted], labels
 
 
@@ -99,6 +177,7 @@ def group_codes(groups) -> tuple[np.ndarray, pd.Index]:
     groups : array-like of hashable
         One label per row: numbers, strings, a pandas Categorical or Series.
     """
+    _refuse_masked("groups", groups)
     if isinstance(groups, pd.DataFrame) or (isinstance(groups, np.ndarray) and groups.ndim != 1):
         raise ValueError(f"groups must be 1-D (one label per row), got shape {np.shape(groups)}")
     if not isinstance(groups, (pd.Series, pd.Index, np.ndarray, pd.api.extensions.ExtensionArray)):
@@ -115,27 +194,67 @@ def group_codes(groups) -> tuple[np.ndarray, pd.Index]:
     return codes.astype(np.intp, copy=False), pd.Index(labels)
 
 
-def check_rank(xtx: np.ndarray, names: list) -> None:
-    """Raise a ValueError when the cross-product ``X^T X`` shows X to be rank-deficient.
+def _aliased(cross: np.ndarray, scale: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Columns that are linear combinations of the columns before them, to R's ``lm`` tolerance.
 
-    Uses the eigenvalues of the column-scaled ``X^T X``: cheap (p x p) and free of the columns' units.
+    A Cholesky factorisation of the cross-product ``cross = X^T X`` taken in column order: the pivot of column j
+    is the squared length of what is left of it after projecting out the kept columns before it, and R's QR
+    (``dqrdc2``, ``tol = 1e-7``) declares the column aliased when that length is under ``tol`` times the
+    column's length, here ``scale[j]``. Aliased columns are skipped, as R gives them an NA coefficient.
+
+    Parameters
+    ----------
+    cross : ndarray, shape (p, p)
+        A cross-product ``X^T X`` (or a part of one, such as the within-group cross-products).
+    scale : ndarray, shape (p,)
+        The length each column is measured against (for X itself, ``sqrt(diag(cross))``).
+    tol : float
+        Relative length under which a column counts as aliased.
+    """
+    p = cross.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        C = cross / np.outer(scale, scale)
+    kept: list[int] = []
+    aliased: list[int] = []
+    L = np.zeros((p, p))
+    for j in range(p):
+        if not scale[j] > 0:
+            aliased.append(j)
+            continue
+        k = len(kept)
+        row = np.linalg.solve(L[:k, :k], C[kept, j]) if k else np.zeros(0)
+        pivot = C[j, j] - row @ row
+        if not pivot > tol**2:
+            aliased.append(j)
+            continue
+        L[k, :k] = row
+        L[k, k] = np.sqrt(pivot)
+        kept.append(j)
+    return aliased
+
+
+def check_rank(xtx: np.ndarray, names: list) -> None:
+    """Raise a ValueError when the cross-product ``X^T X`` shows X to be rank-deficient, to R's ``lm`` tolerance.
+
+    Free of the columns' units. A column is refused when less than 1e-7 of its length is left once the columns
+    before it are projected out (:func:`_aliased`), R's ``lm`` rule: a design with condition number 2e6 that
+    ``lm`` and ``lmer`` fit passes, exactly collinear columns do not.
 
     Parameters
     ----------
     xtx : ndarray, shape (p, p)
-        ``X^T X``.
+        ``X^T X`` (with X's non-constant columns centred when it has an intercept, as both fitters pass it).
     names : list of str
         Names of the columns of X, for the message.
     """
     scale = np.sqrt(np.diag(xtx))
     if np.any(scale == 0):
         raise ValueError(f"X is rank-deficient: column {names[int(np.argmin(scale))]!r} is all zeros")
-    p = xtx.shape[0]
-    eig = np.linalg.eigvalsh(xtx / np.outer(scale, scale))
-    if eig[0] < 1e-12 * p:
-        raise ValueError(
-            f"X is rank-deficient (its columns are linearly dependent, smallest scaled eigenvalue {eig[0]:.1e})"
-        )
+    aliased = _aliased(xtx, scale)
+    if aliased:
+        j = aliased[0]
+        raise ValueError(f"X is rank-deficient: column {names[j]!r} is a linear combination of the columns "
+                         "before it (R's lm would give it an NA coefficient); drop it")
 
 
 def _check_rank_dense(X: np.ndarray, names: list) -> None:
@@ -175,11 +294,14 @@ def check_inputs(y, X, groups, names=None, *, rank: bool = True) -> ModelData:
     Raises
     ------
     ValueError
-        Naming the argument and the problem: non-numeric, NaN or inf, wrong shapes, mismatched lengths,
-        fewer than two groups, no group with two rows, rank-deficient X, more parameters than observations.
+        Naming the argument and the problem: non-numeric, NaN or inf, a masked array with masked values, pandas
+        inputs with different indexes, wrong shapes, mismatched lengths, fewer than two groups, no group with
+        two rows, more parameters than observations, values beyond 1e+-100 in magnitude, a constant y,
+        rank-deficient X (to R's ``lm`` tolerance).
     """
     if names is None and isinstance(X, pd.DataFrame):
         names = [str(c) for c in X.columns]
+    _check_same_index(y=y, X=X, groups=groups)
     y = _numeric("y", y)
     X = _numeric("X", X)
     if y.ndim != 1:
@@ -210,9 +332,17 @@ def check_inputs(y, X, groups, names=None, *, rank: bool = True) -> ModelData:
         raise ValueError(f"more parameters ({p} fixed effects + 2 variances) than observations ({n})")
     if names is None:
         names = [f"x{j}" for j in range(p)]
-    names = [str(nm) for nm in names]
-    if len(names) != p:
-        raise ValueError(f"names has {len(names)} entries but X has {p} columns")
+    names = _check_names(names, p)
+    _check_magnitude("y", y)
+    _check_magnitude("X", X, names)
+    if y.size and np.all(y == y[0]):
+        raise ValueError(f"y is constant (every value is {y[0]:g}): it has no variation within groups, so nothing "
+                         "is left for the residual variance")
+    first = np.empty(n_groups)
+    first[codes] = y  # one value of each group (the last written)
+    if np.array_equal(first[codes], y):
+        raise ValueError("y is constant within every group: it has no variation within groups, so nothing is left "
+                         "for the residual variance (the likelihood is unbounded)")
     if rank:
         _check_rank_dense(X, names)
     return ModelData(y=y, X=X, codes=codes, labels=labels, names=names)

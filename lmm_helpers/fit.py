@@ -1,6 +1,7 @@
 """Fitting the random-intercept model ``y = X beta + K u + e`` by ML or REML, and the result object."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import ModelData, check_inputs, check_rank, indicator_matrix
+from .design import ModelData, _aliased, _check_exact_fit, _exactly, check_inputs, check_rank, indicator_matrix
 from .rformat import abbreviate, format_named, format_num, format_pval, format_table, zapsmall
 from .likelihood import (
     Centring,
@@ -23,11 +24,34 @@ from .likelihood import (
     profiled_loglik_dense,
 )
 
-__all__ = ["DenseFit", "LMMResult", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
+__all__ = ["ConvergenceWarning", "DenseFit", "IdentifiabilityWarning", "LMMResult", "LMMWarning", "fit_lmm",
+           "fit_lmm_dense", "satterthwaite_df"]
 
 # theta = sigma_s^2 / sigma^2 is scale-free, so one fixed grid brackets the optimum for any data.
 _THETA_GRID = np.concatenate([[0.0], np.logspace(-8.0, 8.0, 17)])
-_THETA_MAX = 1e16
+# The search steps past the grid up to here: data within 1e+-100 (check_inputs) whose within-group residual is
+# more than rounding (_check_design) have their optimum far below it (sigma_s / sigma up to about 1e20).
+_THETA_MAX = 1e60
+
+
+class LMMWarning(UserWarning):
+    """A fit of :func:`fit_lmm` that came back flagged: see :class:`ConvergenceWarning`, :class:`IdentifiabilityWarning`.
+
+    Each is also said on the last lines of :meth:`LMMResult.summary`, as lme4 notes a singular fit there.
+    """
+
+
+class ConvergenceWarning(LMMWarning):
+    """The optimum of theta was not located to full precision (``LMMResult.converged`` is False)."""
+
+
+class IdentifiabilityWarning(LMMWarning):
+    """A parameter is not determined by the data (``LMMResult.identified`` is False).
+
+    REML with an X whose columns span the group indicators (a fixed effect per group, or group-level covariates
+    as many as the groups allow): no between-group degrees of freedom are left, the REML criterion does not
+    depend on ``sigma_s`` at all, and ``sigma_s`` with every standard error that depends on it is NaN.
+    """
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,14 @@ class LMMResult:
         From ``loglik`` with ``p + 2`` parameters (REML fits use the REML criterion, as lme4 does).
     random_effects : pandas.Series
         Predicted random intercepts (BLUPs), indexed by group label.
+    identified : bool
+        False when the data leave ``sigma_s`` undetermined (REML with X spanning the group indicators, see
+        :class:`IdentifiabilityWarning`): then ``sigma_s``, ``theta`` and the random effects are NaN, and so are the
+        standard errors, t, df and p of the coefficients whose variance depends on ``sigma_s``; those that do not
+        keep exact t-tests on ``n - p`` df. Defaults to True.
+
+    A fit that did not converge or is not identified is announced by a warning (:class:`ConvergenceWarning`,
+    :class:`IdentifiabilityWarning`) and on the last lines of :meth:`summary`, next to lme4's boundary note.
     """
 
     beta: np.ndarray
@@ -77,6 +109,7 @@ class LMMResult:
     n_obs: int
     n_groups: int
     scaled_resid_quantiles: np.ndarray = field(repr=False)
+    identified: bool = True
 
     @property
     def fe_params(self) -> pd.Series:
@@ -97,6 +130,12 @@ class LMMResult:
             Shown on the ``Formula:`` and ``Data:`` lines, as R echoes them.
         group : str
             Name of the grouping factor in the random-effects table.
+
+        Returns
+        -------
+        str
+            lme4's layout; its last lines note, where they apply, a boundary (singular) fit, a fit that did not
+            converge, and a ``sigma_s`` that the data do not identify.
         """
         how = "maximum likelihood " if self.method == "ML" else "REML"  # lme4's own titles, space and all
         lines = [f"Linear mixed model fit by {how}. t-tests use Satterthwaite's method [lmm_helpers]"]
@@ -126,8 +165,17 @@ class LMMResult:
             cells = [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(cols))]
                      for i in range(1, len(self.names))]
             lines += ["", "Correlation of Fixed Effects:"] + format_table(self.names[1:], cols, cells)
+        notes = []
         if self.singular:
-            lines += ["", "boundary (singular) fit: the random-intercept variance is estimated as 0"]
+            notes.append("boundary (singular) fit: the random-intercept variance is estimated as 0")
+        if not self.converged:
+            notes.append("convergence failed: the optimum of sigma_s/sigma was not located to full precision, "
+                         "so the estimates may be off (converged is False)")
+        if not self.identified:
+            notes.append("sigma_s is not identified: X spans the group indicators, no between-group df are left "
+                         "and the REML criterion does not depend on sigma_s (NaN where it matters)")
+        if notes:
+            lines += [""] + notes
         return "\n".join(line.rstrip() for line in lines)
 
 
@@ -149,10 +197,10 @@ def _coef_table(names: list, beta: np.ndarray, bse: np.ndarray, df: np.ndarray, 
     header = ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
     stars = any(v < 0.1 for v in p)
     if stars:
-        marks = [next(s for cut, s in _STARS if v <= cut).ljust(3) for v in p]
+        marks = [next((s for cut, s in _STARS if v <= cut), " ").ljust(3) for v in p]  # NaN: no star
         cols.append(marks)
         header.append("")
-    cells = [[c[i] for c in cols] for i in range(n)]
+    cells = [["NaN" if x.strip() == "nan" else x for x in (c[i] for c in cols)] for i in range(n)]  # R's NaN
     lines = format_table(list(names), header, cells)
     if stars:
         lines += ["---", "Signif. codes:  0 \u2018***\u2019 0.001 \u2018**\u2019 0.01 \u2018*\u2019 0.05 "
@@ -179,7 +227,8 @@ def _minimise_theta(sums: GroupSums, method: str) -> tuple[ProfiledPoint, bool]:
     while points[-1][2] < 0 and points[-1][1] <= min(pt[1] for pt in points):
         if points[-1][0] >= _THETA_MAX:
             raise ValueError(
-                "y has no residual variation within groups once X is fitted: the likelihood is unbounded"
+                f"sigma_s/sigma exceeds {np.sqrt(_THETA_MAX):.0e}: y's variation within groups, once X is fitted, "
+                "is too small beside its variation between groups to estimate the residual variance"
             )
         points.append(crit(points[-1][0] * 100.0))
     k = int(np.argmin([pt[1] for pt in points]))
@@ -286,8 +335,16 @@ def _quantiles(x: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str, converged: bool,
-            centring: Centring) -> LMMResult:
-    """The result in the data's own coordinates, from the fit to the centred sums (see :func:`centre_sums`)."""
+            centring: Centring, identified: bool = True) -> LMMResult:
+    """The result in the data's own coordinates, from the fit to the centred sums (see :func:`centre_sums`).
+
+    ``identified=False`` (REML, X spanning the group indicators; ``point`` is then at theta = 0, where the flat
+    criterion is as good as anywhere): ``sigma_s``, theta and the BLUPs are NaN, and so are the SE, t, df and p of
+    each coefficient whose variance depends on ``sigma_s``. A coefficient ``c^T beta`` whose least-squares
+    weights ``a = X (X^T X)^-1 c`` sum to zero in every group has variance ``sigma^2 |a|^2`` whatever
+    ``sigma_s`` is, and its t has an exact t distribution on ``n - p`` df (the residuals are free of the
+    random effects, which X absorbs).
+    """
     p, n = data.p, data.n
     sigma2 = point.sigma2
     singular = point.theta == 0.0
@@ -299,20 +356,32 @@ def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str,
     vcov = sigma2 * (LinvT.T @ LinvT)
     bse = np.sqrt(np.diag(vcov))
     tvalues = beta / bse
-    df = satterthwaite_df(sums, point, method, T)
+    if identified:
+        df = satterthwaite_df(sums, point, method, T)
+    else:
+        # |K^T a|^2 = sum_g (n_g xbar_g . A^-1 c)^2 against |a|^2 = c^T A^-1 c (A = X^T X at theta = 0)
+        w = np.linalg.solve(point.A, T.T)  # A^-1 c for each coefficient's contrast c (a row of T)
+        between = np.sum((sums.counts[:, None] * (sums.means[:, :p] @ w)) ** 2, axis=0)
+        within = np.einsum("ij,ji->i", T, w)
+        free = between <= 1e-10 * sums.counts.max() * within
+        df = np.where(free, float(n - p), np.nan)
+        bse = np.where(free, bse, np.nan)
+        tvalues = np.where(free, tvalues, np.nan)
     pvalues = 2.0 * stats.t.sf(np.abs(tvalues), df)
     loglik = -0.5 * point.deviance
     k = p + 2
-    blups = point.theta * point.d * point.resid_means
-    resid = data.y - data.X @ beta - blups[data.codes]
+    blups = point.theta * point.d * point.resid_means if identified else np.full(data.n_groups, np.nan)
+    resid = data.y - data.X @ beta - (blups[data.codes] if identified else 0.0)
     scaled = _quantiles(resid / np.sqrt(sigma2), np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
     return LMMResult(
-        beta=beta, sigma=float(np.sqrt(sigma2)), sigma_s=float(np.sqrt(point.theta * sigma2)),
-        loglik=loglik, converged=converged, singular=singular, method=method, theta=point.theta,
+        beta=beta, sigma=float(np.sqrt(sigma2)),
+        sigma_s=float(np.sqrt(point.theta * sigma2)) if identified else float("nan"),
+        loglik=loglik, converged=converged, singular=singular and identified, method=method,
+        theta=point.theta if identified else float("nan"),
         bse=bse, tvalues=tvalues, df=df, pvalues=pvalues, vcov=vcov,
         aic=-2.0 * loglik + 2 * k, bic=-2.0 * loglik + k * np.log(n),
         random_effects=pd.Series(blups, index=data.labels, name="(Intercept)"),
-        names=data.names, n_obs=n, n_groups=data.n_groups, scaled_resid_quantiles=scaled,
+        names=data.names, n_obs=n, n_groups=data.n_groups, scaled_resid_quantiles=scaled, identified=identified,
     )
 
 
@@ -342,33 +411,59 @@ def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
     Raises
     ------
     ValueError
-        For bad input: see :func:`lmm_helpers.design.check_inputs`.
+        For bad input: see :func:`lmm_helpers.design.check_inputs`; also a y that X fits exactly, and X and the
+        groups together leaving no residual degrees of freedom (the likelihood is unbounded).
+
+    Warns
+    -----
+    ConvergenceWarning
+        The optimum was not located to full precision (``converged`` is False).
+    IdentifiabilityWarning
+        REML with X spanning the group indicators: ``sigma_s`` is not identified (``identified`` is False).
     """
     _check_method(method)
     data = check_inputs(y, X, groups, names, rank=False)
     sums, centring = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))
-    _check_design(sums, centring, data.names)
+    between_df = _check_design(sums, centring, data.names)
+    if method == "REML" and between_df == 0:
+        result = _result(data, sums, profiled_deviance(0.0, sums, method), method, True, centring, identified=False)
+        warnings.warn("sigma_s is not identified: the columns of X span the group indicators, so no between-group "
+                      "degrees of freedom are left and the REML criterion does not depend on sigma_s; sigma_s and "
+                      "the standard errors that depend on it are NaN (lme4 warns that the Hessian is singular). "
+                      "Drop the group-level columns or fit by ML", IdentifiabilityWarning, stacklevel=2)
+        return result
     point, converged = _minimise_theta(sums, method)
-    return _result(data, sums, point, method, converged, centring)
+    result = _result(data, sums, point, method, converged, centring)
+    if not converged:
+        warnings.warn("fit_lmm did not converge: the optimum of sigma_s/sigma was not located to full precision, "
+                      "so the estimates may be off", ConvergenceWarning, stacklevel=2)
+    return result
 
 
-def _check_design(sums: GroupSums, centring: Centring, names: list) -> None:
-    """Refuse a rank-deficient X, and a y that X fits exactly, from the centred sums.
+def _check_design(sums: GroupSums, centring: Centring, names: list) -> int:
+    """Refuse a rank-deficient X, a y that X fits exactly, and a model with no residual df; return the between df.
 
     The rank comes from ``X_c^T X_c`` (same rank as X, free of the columns' offsets). A column that centring
     leaves with less than 1e-7 of its length (R's ``lm`` tolerance) is, to the digits the data carry, a multiple
-    of the intercept column. y is fitted exactly when the least-squares residual sum of squares is below what
-    rounding of y itself leaves (a residual SD under about 2e-13 of y's root mean square): a constant y is
-    an example, whose centred values are rounding noise, not data.
+    of the intercept column. y is fitted exactly when the least-squares residual SD is under 16 eps of y's root
+    mean square (:func:`lmm_helpers.design._check_exact_fit`).
+
+    X and the group indicators K together: ``rank([X, K]) = G + r_w``, with ``r_w`` the rank of X's within-group
+    cross-products (columns constant within every group add nothing). The residual df left once both are fitted
+    are ``n - G - r_w``; at 0 (for example p + G - 1 >= n with a within-group covariate per spare row) every y is
+    fitted exactly by X and the random intercepts, sigma -> 0 sends the likelihood to infinity, and the fit is
+    refused. lme4 checks only ``n > G`` ("number of observations <= number of random effects") and on such data
+    returns a spurious fit with a convergence warning. The same holds for a y without residual variation within
+    groups once X's within part is fitted (y constant within every group, say).
+
+    Returns
+    -------
+    int
+        The between-group df ``G + r_w - p`` (``rank([X, K]) - rank(X)``): 0 when X spans the group indicators,
+        which leaves ``sigma_s`` unidentified under REML.
     """
-    p, k, n = sums.p, centring.intercept, sums.n
-    with np.errstate(over="ignore", under="ignore"):  # overflow to inf is what the magnitude check looks for
-        raw = np.diag(sums.within) + sums.counts @ (sums.means + centring.shift) ** 2  # |[X, y]_j|^2, uncentred
-    rms = np.sqrt(raw / n)
-    for j in np.flatnonzero((rms > 0) & ~((rms >= 1e-100) & (rms <= 1e100))):
-        what = "y" if j == p else f"X: column {names[j]!r}"
-        raise ValueError(f"{what} has values of magnitude {rms[j]:.1e}, too large or too small to square in double "
-                         "precision; rescale it (change its units)")
+    p, k, n, G = sums.p, centring.intercept, sums.n, sums.n_groups
+    raw = np.diag(sums.within) + sums.counts @ (sums.means + centring.shift) ** 2  # |[X, y]_j|^2, uncentred
     M = sums.within + (sums.means.T * sums.counts) @ sums.means  # [X_c, y_c]^T [X_c, y_c]
     xtx = M[:p, :p]
     if k is not None:
@@ -378,9 +473,22 @@ def _check_design(sums: GroupSums, centring: Centring, names: list) -> None:
                                  f"intercept column {names[k]!r}")
     check_rank(xtx, names)
     z = np.linalg.solve(np.linalg.cholesky(xtx), M[:p, p])
-    rss = M[p, p] - z @ z
-    if not rss > (1e3 * np.finfo(float).eps) ** 2 * raw[p]:
-        raise ValueError("y is fitted exactly by X (to the precision of its values): the residual variance is zero")
+    _check_exact_fit(M[p, p] - z @ z, raw[p], M[p, p])
+    W = sums.within
+    aliased = _aliased(W[:p, :p], np.sqrt(np.diag(xtx)))  # X's columns with no variation of their own in groups
+    kept = [j for j in range(p) if j not in aliased]
+    resid_df = n - G - len(kept)
+    if resid_df <= 0:
+        raise ValueError(
+            f"X and the {G} groups fit all {n} observations exactly (rank of [X, group indicators] = {G + len(kept)} "
+            f">= n): no residual degrees of freedom are left, so the likelihood is unbounded as sigma -> 0. "
+            "Use fewer covariates that vary within groups, or more observations"
+        )
+    zw = np.linalg.solve(np.linalg.cholesky(W[np.ix_(kept, kept)]), W[kept, p]) if kept else np.zeros(0)
+    if _exactly(W[p, p] - zw @ zw, raw[p], W[p, p], per_value=2.0):
+        raise ValueError("y has no residual variation within groups once X is fitted (y - X beta is constant within "
+                         "every group): the residual variance is zero and the likelihood is unbounded")
+    return G + len(kept) - p
 
 
 class DenseFit(NamedTuple):
@@ -392,11 +500,21 @@ class DenseFit(NamedTuple):
     loglik: float
 
 
+_DENSE_MAX_N = 2000
+
+
 def fit_lmm_dense(y, X, groups, method: str = "ML") -> DenseFit:
     """The from-scratch route of notebook 06 for any data: build the n x n Sigma and maximise numerically.
 
-    Optimises over ``(log sigma, log sigma_s)`` with beta at its GLS value; O(n^3). For teaching and as a
-    cross-check of :func:`fit_lmm`; cannot reach a boundary fit exactly.
+    Optimises over ``(log sigma, log sigma_s)`` with beta at its GLS value; O(n^3) per evaluation, so it refuses
+    more than 2000 rows (at n = 1000 it already takes minutes; :func:`fit_lmm` fits the same model in O(n)). For
+    teaching and as a cross-check of :func:`fit_lmm`; cannot reach a boundary fit exactly.
+
+    The hundreds of evaluations each make a handful of LAPACK calls on n x n matrices. OpenBLAS splits each call
+    over all cores, which gains nothing at this size and, on a machine whose cores are busy, makes every call
+    wait for a core to come free: sleepstudy (n = 180) by ML took 30-64 s with the default threads on 2 busy
+    cores against 0.3 s with one. The optimisation therefore runs with BLAS limited to one thread (threadpoolctl),
+    restored on return.
 
     Parameters
     ----------
@@ -408,18 +526,38 @@ def fit_lmm_dense(y, X, groups, method: str = "ML") -> DenseFit:
     -------
     DenseFit
         ``beta, sigma, sigma_s, loglik``, by name or unpacked in that order.
+
+    Raises
+    ------
+    ValueError
+        As :func:`fit_lmm` (bad input, an exact fit, no residual df), and for more than 2000 rows.
+
+    Warns
+    -----
+    IdentifiabilityWarning
+        REML with X spanning the group indicators: the sigma_s found is arbitrary.
     """
+    from threadpoolctl import threadpool_limits  # only this route needs it; no work at import time
+
     _check_method(method)
     data = check_inputs(y, X, groups)
+    if data.n > _DENSE_MAX_N:
+        raise ValueError(f"y has n = {data.n} rows: the dense route builds n x n matrices at O(n^3) per evaluation "
+                         f"and is limited to {_DENSE_MAX_N} rows; use fit_lmm, which fits the same model in O(n)")
+    sums, centring = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))
+    if _check_design(sums, centring, data.names) == 0 and method == "REML":
+        warnings.warn("sigma_s is not identified: the columns of X span the group indicators, so the REML "
+                      "criterion does not depend on sigma_s and the value found is arbitrary",
+                      IdentifiabilityWarning, stacklevel=2)
     K = indicator_matrix(data.codes, data.n_groups)
 
     def objective(log_sd):
         return -profiled_loglik_dense(data.y, data.X, K, *np.exp(log_sd), method=method)[0]
 
     sd0 = np.log(np.std(data.y) / np.sqrt(2.0))
-    res = optimize.minimize(objective, x0=[sd0, sd0], method="Nelder-Mead",
-                            options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 4000})
-    sigma, sigma_s = np.exp(res.x)
-    loglik, beta = profiled_loglik_dense(data.y, data.X, K, sigma, sigma_s, method=method)
+    with threadpool_limits(limits=1, user_api="blas"):
+        res = optimize.minimize(objective, x0=[sd0, sd0], method="Nelder-Mead",
+                                options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 4000})
+        sigma, sigma_s = np.exp(res.x)
+        loglik, beta = profiled_loglik_dense(data.y, data.X, K, sigma, sigma_s, method=method)
     return DenseFit(beta, float(sigma), float(sigma_s), float(loglik))
-

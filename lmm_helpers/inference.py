@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import interpolate, optimize, stats
 
-from .design import _numeric, check_inputs
+from .design import (_check_exact_fit, _check_magnitude, _check_names, _check_rank_dense, _check_same_index,
+                     _numeric, check_inputs)
 from .fit import LMMResult
 from .likelihood import GroupSums, _check_method, centre_sums, group_sums, profiled_deviance
 
@@ -121,25 +122,32 @@ def fit_lm(y, X, method: str = "ML", *, names=None) -> LMFit:
     method : {"ML", "REML"}
         Which log-likelihood to report (the estimates of beta are the same).
     names : list of str, optional
+
+    Raises
+    ------
+    ValueError
+        As :func:`lmm_helpers.fit_lmm` refuses the same y and X: non-numeric, NaN, masked values, pandas indexes
+        that differ, values beyond 1e+-100, rank-deficient X (R's ``lm`` tolerance), a y that X fits exactly.
     """
     _check_method(method)
     if names is None and isinstance(X, pd.DataFrame):
         names = [str(c) for c in X.columns]
+    _check_same_index(y=y, X=X)
     y, X = _numeric("y", y), _numeric("X", X)
     if y.ndim != 1 or X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ValueError(f"y must be 1-D and X 2-D with as many rows; got shapes {y.shape} and {X.shape}")
     n, p = X.shape
     if not 0 < p < n:
         raise ValueError(f"X has {p} columns for {n} rows: need at least one column and fewer columns than rows")
-    names = [f"x{j}" for j in range(p)] if names is None else [str(nm) for nm in names]
-    if len(names) != p:
-        raise ValueError(f"names has {len(names)} entries but X has {p} columns")
+    names = _check_names([f"x{j}" for j in range(p)] if names is None else names, p)
+    _check_magnitude("y", y)
+    _check_magnitude("X", X, names)
+    _check_rank_dense(X, names)  # fit_lmm's rule: R's lm tolerance, columns centred beside an intercept
     Q, R = np.linalg.qr(X)
     diag = np.abs(np.diag(R))
-    if diag.min() <= 1e-10 * diag.max():
-        raise ValueError("X is rank-deficient (its columns are linearly dependent)")
     beta = np.linalg.solve(R, Q.T @ y)
     rss = float(np.sum((y - X @ beta) ** 2))
+    _check_exact_fit(rss, float(y @ y))  # a constant y: sigma = 7e-16 and a log-likelihood of 2011 otherwise
     logdet = 2.0 * float(np.sum(np.log(diag)))
     m = n if method == "ML" else n - p
     return LMFit(beta=beta, sigma=float(np.sqrt(rss / m)), method=method, names=names, n_obs=n,
@@ -292,13 +300,25 @@ def wald_ci(result: LMMResult, level: float = 0.95, use_t: bool = False) -> pd.D
 
 # ------------------------------------------------------------------------------------------ profiles
 def _deviance_at(sums: GroupSums, method: str, sigma: float, sigma_s: float) -> float:
-    """Deviance (ML) or REML criterion at given SDs, with beta at its GLS value: lme4's ``-2 log L``."""
-    theta = (sigma_s / sigma) ** 2
+    """Deviance (ML) or REML criterion at given SDs, with beta at its GLS value: lme4's ``-2 log L``.
+
+    Where ``(sigma_s / sigma)^2`` overflows (a ratio beyond 1e154) the criterion is +inf, its limit there for a
+    model whose parameters are identified; where ``sigma^2`` underflows (sigma under 1e-154) it is formed from
+    ``log sigma`` and ``r / sigma / sigma`` instead, and is +inf when that overflows, as ``r / sigma^2`` does.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        theta = (sigma_s / sigma) ** 2
+        s2 = sigma**2
+    if not np.isfinite(theta):
+        return float("inf")
     pt = profiled_deviance(theta, sums, method)
     m = sums.n if method == "ML" else sums.n - sums.p
     # pt.deviance has sigma^2 = r/m profiled out; put a general sigma^2 back.
     rest = pt.deviance - m * (1.0 + np.log(2.0 * np.pi * pt.r / m))
-    return float(rest + m * np.log(2.0 * np.pi * sigma**2) + pt.r / sigma**2)
+    if s2 == 0.0:
+        with np.errstate(over="ignore"):
+            return float(rest + m * (LOG2PI + 2.0 * np.log(sigma)) + pt.r / sigma / sigma)
+    return float(rest + m * np.log(2.0 * np.pi * s2) + pt.r / s2)
 
 
 def _profile_point(sums: GroupSums, method: str, parameter: str, value: float, scale: float) -> float:
@@ -328,12 +348,13 @@ def profile_deviance(y, X, groups, parameter: str, values, method: str = "ML") -
     parameter : {"sigma_s", "sigma"}
         The SD held fixed; the other SD and beta are optimised.
     values : array-like of float
-        Values of that SD (``sigma_s`` may be 0, ``sigma`` must be positive).
+        Values of that SD (``sigma_s`` may be 0 and at most 1e100 times the SD of y, ``sigma`` must be positive).
     method : {"ML", "REML"}
 
     Returns
     -------
-    ndarray: ``min over the rest of -2 log L`` at each value.
+    ndarray: ``min over the rest of -2 log L`` at each value; +inf where it exceeds the largest double (sigma
+    so small that ``r / sigma^2`` overflows, for instance sigma = 1e-300).
     """
     _check_method(method)
     if parameter not in ("sigma_s", "sigma"):
@@ -345,6 +366,9 @@ def profile_deviance(y, X, groups, parameter: str, values, method: str = "ML") -
     data = check_inputs(y, X, groups)
     sums = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))[0]  # as fit_lmm: same criterion
     scale = float(np.std(data.y)) or 1.0
+    if parameter == "sigma_s" and np.any(values > 1e100 * scale):
+        raise ValueError(f"values of sigma_s must be at most 1e100 times the SD of y ({scale:.3g}): beyond that "
+                         "(sigma_s / sigma)^2 overflows double precision")
     return np.array([_profile_point(sums, method, parameter, v, scale) for v in values])
 
 
@@ -414,7 +438,10 @@ def profile_ci(y, X, groups, level: float = 0.95, method: str = "ML", *, n_grid:
     dev_min = fit.deviance
     cutoff = float(stats.norm.ppf((1.0 + level) / 2.0))
     out = {}
-    for name, est, other in (("sigma_s", fit.sigma_s, fit.sigma), ("sigma", fit.sigma, fit.sigma_s)):
+    # Not identified (REML, X spanning the group indicators): the criterion is flat in sigma_s, so 0 is as good a
+    # maximiser as any; the profile of sigma_s is then flat, from 0 to inf, and its estimate is reported as NaN.
+    sigma_s_hat = fit.sigma_s if fit.identified else 0.0
+    for name, est, other in (("sigma_s", sigma_s_hat, fit.sigma), ("sigma", fit.sigma, sigma_s_hat)):
         scale = max(other, est, 1e-300)
 
         def zeta(v, est=est, name=name, scale=scale):
@@ -443,7 +470,8 @@ def profile_ci(y, X, groups, level: float = 0.95, method: str = "ML", *, n_grid:
         start = max(start, 0.5 * lower) if name == "sigma" else max(start, 0.0)  # sigma's profile dives near 0
         grid = np.linspace(start, top + 0.15 * span, n_grid)
         grid = np.unique(np.append(grid, est))
-        out[name] = ProfileInterval(parameter=name, estimate=float(est), lower=float(lower), upper=float(upper),
+        shown = est if name == "sigma" or fit.identified else float("nan")
+        out[name] = ProfileInterval(parameter=name, estimate=float(shown), lower=float(lower), upper=float(upper),
                                     level=level, cutoff=cutoff, values=grid,
                                     zeta=np.array([zeta(v) for v in grid]))
     return out

@@ -191,7 +191,9 @@ def test_profile_that_levels_off_gives_an_infinite_upper_limit():
     g = np.repeat([0, 1], 10)
     X = np.column_stack([np.ones(20), g, rng.normal(size=20)])
     y = X @ [1.0, 2.0, 0.5] + rng.normal(size=20) + np.array([0.3, -0.3])[g]
-    reml = profile_ci(y, X, g, method="REML")
+    with pytest.warns(lh.IdentifiabilityWarning):  # X = [1, g, x] spans the two groups' indicators
+        reml = profile_ci(y, X, g, method="REML")
+    assert np.isnan(reml["sigma_s"].estimate) and reml["sigma_s"].lower == 0.0
     assert reml["sigma_s"].upper == np.inf and np.all(np.isfinite(reml["sigma_s"].zeta))
     assert np.all(np.abs(reml["sigma_s"].zeta) < reml["sigma_s"].cutoff)
     assert np.isfinite(reml["sigma"].upper)
