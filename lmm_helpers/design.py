@@ -117,6 +117,8 @@ def _check_exact_fit(rss: float, yy: float, centred: float = 0.0) -> None:
 
 def _check_names(names, p: int) -> list:
     """The column names as strings, one per column of X and all different (else fe_params and summary() mix them)."""
+    if isinstance(names, str) or not hasattr(names, "__len__"):  # "ab" would name two columns 'a' and 'b'
+        raise ValueError(f"names must be a list of column names, one per column of X, got {names!r}")
     names = [str(nm) for nm in names]
     if len(names) != p:
         raise ValueError(f"names has {len(names)} entries but X has {p} columns")
@@ -186,9 +188,12 @@ def group_codes(groups) -> tuple[np.ndarray, pd.Index]:
     if fast is not None:
         return fast
     try:
-        codes, labels = pd.factorize(groups, sort=True)
-    except TypeError:  # labels of mixed types that cannot be ordered
-        codes, labels = pd.factorize(groups, sort=False)
+        try:
+            codes, labels = pd.factorize(groups, sort=True)
+        except TypeError:  # labels of mixed types that cannot be ordered
+            codes, labels = pd.factorize(groups, sort=False)
+    except TypeError as err:  # labels that cannot be hashed: lists, arrays, dicts
+        raise ValueError(f"groups must hold one hashable label per row (a number, a string, a tuple): {err}") from None
     if np.any(codes < 0):
         raise ValueError("groups contains missing labels (NaN or None)")
     return codes.astype(np.intp, copy=False), pd.Index(labels)

@@ -153,6 +153,7 @@ class LMMResult:
         lines += ["", "Scaled residuals: "]
         lines += format_named(["Min", "1Q", "Median", "3Q", "Max"], format_num(zapsmall(self.scaled_resid_quantiles, 5)))
         var, sd = format_num([self.sigma_s**2, self.sigma**2]), format_num([self.sigma_s, self.sigma])
+        var, sd = ([v.replace("nan", "NaN") for v in col] for col in (var, sd))  # R prints NaN
         lines += ["", "Random effects:"]
         lines += format_table(["", ""], ["Groups", "Name", "Variance", "Std.Dev."],
                               [[group, "(Intercept)", var[0], sd[0]], ["Residual", "", var[1], sd[1]]], right=False)
@@ -162,7 +163,7 @@ class LMMResult:
         if len(self.beta) > 1:
             corr = self.vcov / np.outer(self.bse, self.bse)
             cols = [abbreviate(n) for n in self.names[:-1]]
-            cells = [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(cols))]
+            cells = [[f"{corr[i, j]:.3f}".replace("nan", "NaN") if j < i else "" for j in range(len(cols))]
                      for i in range(1, len(self.names))]
             lines += ["", "Correlation of Fixed Effects:"] + format_table(self.names[1:], cols, cells)
         notes = []
@@ -365,6 +366,7 @@ def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str,
         within = np.einsum("ij,ji->i", T, w)
         free = between <= 1e-10 * sums.counts.max() * within
         df = np.where(free, float(n - p), np.nan)
+        vcov = np.where(np.outer(free, free), vcov, np.nan)
         bse = np.where(free, bse, np.nan)
         tvalues = np.where(free, tvalues, np.nan)
     pvalues = 2.0 * stats.t.sf(np.abs(tvalues), df)
@@ -402,7 +404,10 @@ def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
         Group label of each row (numbers, strings, categorical).
     method : {"ML", "REML"}
     names : list of str, optional
-        Names of the columns of X (taken from a DataFrame's columns by default).
+        Names of the columns of X (taken from a DataFrame's columns by default), all different.
+
+    Rows of y, X and groups are matched by position: pandas inputs must share one index (else ValueError; they
+    are not aligned by label), and a masked array must have no masked values (drop those rows first).
 
     Returns
     -------

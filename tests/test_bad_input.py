@@ -82,7 +82,10 @@ def test_reml_with_x_spanning_the_groups_is_flagged_not_identified(seed):
     assert not fit.identified and fit.converged and not fit.singular
     assert np.isnan(fit.sigma_s) and np.isnan(fit.theta) and fit.random_effects.isna().all()
     assert np.all(np.isnan(fit.bse[:3])) and np.all(np.isnan(fit.df[:3])) and np.all(np.isnan(fit.pvalues[:3]))
-    assert "sigma_s is not identified" in fit.summary().splitlines()[-1]
+    assert np.isnan(fit.vcov[0, 3]) and fit.vcov[3, 3] == pytest.approx(fit.bse[3] ** 2, rel=1e-12)
+    text = fit.summary()
+    assert "sigma_s is not identified" in text.splitlines()[-1]
+    assert " (Intercept)  NaN        NaN" in text and "nan" not in text  # R prints NaN
     # beta is ordinary least squares, sigma^2 = RSS / (n - p); the covariate, whose least-squares weights sum to
     # zero in every group, keeps lm's SE and an exact t-test on n - p = 8 df (lmerTest prints 8 too)
     lm = fit_lm(y, X, "REML")
@@ -308,3 +311,17 @@ def test_duplicated_column_names_are_refused():
         lh.fit_lmm([1.0, 2.5, 2.0, 4.0, 3.0, 6.5], X, [1, 1, 2, 2, 3, 3])
     with pytest.raises(ValueError, match="must be distinct"):
         fit_lm([1.0, 2.5, 2.0, 4.0, 3.0, 6.5], X)
+
+
+def test_names_given_as_a_string_are_refused():
+    """names='ab' used to name two columns 'a' and 'b', character by character."""
+    with pytest.raises(ValueError, match="names must be a list of column names"):
+        lh.fit_lmm([1.0, 2.5, 2.0, 4.0, 3.0, 6.5], np.column_stack([np.ones(6), np.arange(6.0)]), [1, 1, 2, 2, 3, 3],
+                   names="ab")
+
+
+def test_unhashable_group_labels_are_a_valueerror():
+    """A list of one-element lists raised pandas' TypeError 'unhashable type: list'."""
+    with pytest.raises(ValueError, match="groups must hold one hashable label per row"):
+        lh.fit_lmm([1.0, 2.5, 2.0, 4.0, 3.0, 6.5], np.column_stack([np.ones(6), np.arange(6.0)]),
+                   [[1], [1], [2], [2], [3], [3]])
