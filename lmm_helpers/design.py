@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import linalg
 
 __all__ = ["ModelData", "check_inputs", "check_rank", "group_codes", "indicator_matrix", "toy_design"]
 
@@ -227,7 +228,7 @@ def _aliased(cross: np.ndarray, scale: np.ndarray, tol: float = 1e-7) -> list[in
             aliased.append(j)
             continue
         k = len(kept)
-        row = np.linalg.solve(L[:k, :k], C[kept, j]) if k else np.zeros(0)
+        row = linalg.solve_triangular(L[:k, :k], C[kept, j], lower=True) if k else np.zeros(0)
         pivot = C[j, j] - row @ row
         if not pivot > tol**2:
             aliased.append(j)

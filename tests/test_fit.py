@@ -362,3 +362,25 @@ def test_dense_fit_has_named_fields():
     beta, sigma, sigma_s, loglik = dense
     assert (dense.beta is beta) and dense.sigma == sigma and dense.sigma_s == sigma_s and dense.loglik == loglik
     assert loglik == pytest.approx(lh.fit_lmm(y, X, g).loglik, rel=1e-9)
+
+
+def test_dense_route_runs_blas_on_one_thread(monkeypatch):
+    """fit_lmm_dense's hundreds of small n x n LAPACK calls run on one BLAS thread: split over busy cores, each call
+    waited for a core (sleepstudy by ML: minutes instead of a second). The caller's setting is restored."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    before, seen = blas_threads(), []
+    real = lh.fit.profiled_loglik_dense
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lh.fit, "profiled_loglik_dense", spy)
+    y, X, g, _ = design("toy")
+    lh.fit_lmm_dense(y, X, g)
+    assert seen and set(seen) == {1}
+    assert blas_threads() == before
