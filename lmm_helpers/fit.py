@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -261,6 +261,11 @@ def satterthwaite_df(sums: GroupSums, point: ProfiledPoint, method: str, contras
     ``df = 2 var^2 / (g^T (2 H^-1) g)``.
     """
     p, m = sums.p, sums.n - (sums.p if method == "REML" else 0)
+    if not 1e-100 < point.sigma2 < 1e100:
+        # sigma^2 cubed would underflow or overflow (y in units of 1e-99: ZeroDivisionError). The df does not depend
+        # on y's units, so measure y in units of sigma (only then: ordinary fits keep their bits).
+        unit = point.sigma2
+        point = replace(point, sigma2=1.0, r=point.r / unit, resid_means=point.resid_means / np.sqrt(unit))
     theta, s2, r, A, d, e = point.theta, point.sigma2, point.r, point.A, point.d, point.resid_means
     xbar = sums.means[:, :p]
     Ainv = np.linalg.inv(A)
@@ -354,8 +359,14 @@ def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str,
     L = np.linalg.cholesky(point.A)
     Linv = np.linalg.solve(L, np.eye(len(beta)))  # A^-1 = L^-T L^-1 from the Cholesky factor, no general inverse
     LinvT = Linv @ T.T
-    vcov = sigma2 * (LinvT.T @ LinvT)
-    bse = np.sqrt(np.diag(vcov))
+    with np.errstate(over="ignore"):
+        vcov = sigma2 * (LinvT.T @ LinvT)
+    var = np.diag(vcov)
+    for j in np.flatnonzero(~((var > 0) & np.isfinite(var))):  # y in 1e-99 units and a column in 1e99 units
+        raise ValueError(f"X: column {data.names[j]!r} and y are in units so far apart that the variance of its "
+                         f"coefficient ({'under 1e-308' if var[j] == 0 else 'over 1e308'}) does not fit in double "
+                         "precision; rescale one of them (change its units)")
+    bse = np.sqrt(var)
     tvalues = beta / bse
     if identified:
         df = satterthwaite_df(sums, point, method, T)

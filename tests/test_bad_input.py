@@ -326,3 +326,25 @@ def test_unhashable_group_labels_are_a_valueerror():
     with pytest.raises(ValueError, match="groups must hold one hashable label per row"):
         lh.fit_lmm([1.0, 2.5, 2.0, 4.0, 3.0, 6.5], np.column_stack([np.ones(6), np.arange(6.0)]),
                    [[1], [1], [2], [2], [3], [3]])
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_y_in_tiny_units_gives_the_same_inference(method):
+    """y * 1e-99 is within the accepted magnitudes, but sigma^2 cubed underflowed in Satterthwaite's df
+    (ZeroDivisionError). The df, p-values and relative SEs do not depend on y's units."""
+    y, X, g, _ = design("sleepstudy")
+    base = lh.fit_lmm(y, X, g, method)
+    fit = _no_warnings(lh.fit_lmm, y * 1e-99, X, g, method)
+    np.testing.assert_allclose(fit.df, base.df, rtol=1e-9)
+    np.testing.assert_allclose(fit.pvalues, base.pvalues, rtol=1e-9)
+    np.testing.assert_allclose(fit.bse * 1e99, base.bse, rtol=1e-12)
+
+
+@pytest.mark.parametrize("sy, sx, where", [(1e-99, 1e99, "under"), (1e97, 1e-99, "over")])
+def test_units_of_y_and_x_too_far_apart_are_named(sy, sx, where):
+    """Each within range, but the coefficient's variance (1e-394, 1e394) is not a double: a divide-by-zero
+    RuntimeWarning and t = inf before; now a ValueError naming the column."""
+    y, X, g, names = design("sleepstudy")
+    X = X * [1.0, sx]
+    with pytest.raises(ValueError, match=f"column 'Days' and y are in units so far apart.*{where} 1e"):
+        _no_warnings(lh.fit_lmm, y * sy, X, g, names=names)
