@@ -30,7 +30,7 @@ __all__ = ["ConvergenceWarning", "DenseFit", "IdentifiabilityWarning", "LMMResul
 # theta = sigma_s^2 / sigma^2 is scale-free, so one fixed grid brackets the optimum for any data.
 _THETA_GRID = np.concatenate([[0.0], np.logspace(-8.0, 8.0, 17)])
 # The search steps past the grid up to here: data within 1e+-100 (check_inputs) whose within-group residual is
-# more than rounding (_check_design) have their optimum far below it (sigma_s / sigma up to about 1e20).
+# more than rounding (_check_design) have their optimum far below it (theta at most of order n / eps^2).
 _THETA_MAX = 1e60
 
 
