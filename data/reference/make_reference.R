@@ -270,6 +270,14 @@ emit("grouseticks", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
 save_text("grouseticks_profile_ci", capture.output(print(ci)))
 
 # ---- profile intervals for the fixed effects (notebook 08): lme4's spline through its profile points --------
+# The toy's profile points for beta (zeta at each value of one coefficient, the rest re-optimised).
+pr <- as.data.frame(suppressWarnings(profile(toy_ml1, which = "beta_", signames = FALSE)))
+for (nm in unique(as.character(pr$.par))) {
+  sub <- pr[pr$.par == nm, ]
+  terms <- paste0(nm, "#", seq_len(nrow(sub)))
+  emit("toy", "lmer_ML_profile_points", "value", terms, sub[[nm]])
+  emit("toy", "lmer_ML_profile_points", "zeta", terms, sub$.zeta)
+}
 ci <- confint(gt_ml, parm = "beta_", method = "profile")
 emit("grouseticks", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
 emit("grouseticks", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
