@@ -10,6 +10,7 @@ Everything follows lme4's conventions so that each number can be held against R:
 - :func:`wald_ci` is ``confint(fit, method = "Wald")`` (or a t-based version with Satterthwaite's df).
 - :func:`profile_ci` is ``confint(profile(fit))`` for ``sigma_s`` and ``sigma``: the deviance profiled over
   the standard-deviation scale, turned into the signed square root ``zeta`` and cut at ``qnorm((1 + level) / 2)``.
+- :func:`profile_ci_beta` is the same for each fixed effect: ``confint(profile(fit), parm = "beta_")``.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ __all__ = [
     "lm_loglik",
     "lrt",
     "profile_ci",
+    "profile_ci_beta",
     "profile_deviance",
     "spline_limits",
     "wald_ci",
@@ -517,3 +519,100 @@ def spline_limits(values, zeta, cutoff: float) -> tuple[float, float]:
     upper = float(backward(cutoff)) if z[-1] >= cutoff else float("nan")
     lower = float(backward(-cutoff)) if z[0] <= -cutoff else (0.0 if v[0] == 0.0 else float("nan"))
     return lower, upper
+
+
+# ---------------------------------------------------------------------------------- profiles of beta
+def _beta_profile_deviance(y: np.ndarray, X: np.ndarray, codes: np.ndarray, j: int, value: float) -> float:
+    """Minimum of the ML deviance over everything but ``beta_j``, held at ``value``.
+
+    With ``beta_j`` fixed the model is ``y - x_j value = X_{-j} beta_{-j} + u + e``: an ordinary fit of the
+    offset response on the other columns. With no other column left, only ``theta = sigma_s^2 / sigma^2`` is
+    free and the deviance is minimised over it directly.
+    """
+    from .fit import fit_lmm
+
+    r = y - X[:, j] * value
+    rest = np.delete(X, j, axis=1)
+    if rest.shape[1] > 0:
+        return float(fit_lmm(r, rest, codes, "ML").deviance)
+    counts = np.bincount(codes).astype(float)
+    sums = np.bincount(codes, weights=r)
+    rr, n = float(r @ r), len(r)
+
+    def dev(log_theta: float) -> float:
+        theta = float(np.exp(log_theta))
+        quad = rr - theta * float(np.sum(sums**2 / (1.0 + counts * theta)))
+        return n * (1.0 + np.log(2.0 * np.pi * quad / n)) + float(np.sum(np.log1p(counts * theta)))
+
+    res = optimize.minimize_scalar(dev, bounds=(-30.0, 30.0), method="bounded", options={"xatol": 1e-10})
+    at_zero = n * (1.0 + np.log(2.0 * np.pi * rr / n))  # theta = 0: the boundary
+    return float(min(res.fun, at_zero))
+
+
+def profile_ci_beta(y, X, groups, level: float = 0.95, *, names=None, n_grid: int = 41) -> dict:
+    """Profile-likelihood confidence intervals for each fixed effect, as lme4's ``confint(profile(fit))``.
+
+    For coefficient ``j`` and a value ``b`` the ML deviance is minimised over everything else with
+    ``beta_j = b`` (a fit of ``y - x_j b`` on the other columns of X); ``zeta(b) = sign(b - beta_hat_j)
+    sqrt(dev(b) - dev_min)`` is cut at ``+/- qnorm((1 + level) / 2)`` exactly as in :func:`profile_ci`. The
+    limits are the exact crossings; lme4 reads them off a spline through a few profile points, so the two agree
+    to about 1e-4 relative on the toy data and far better on larger data sets.
+
+    Unlike the Wald interval ``beta_hat +/- z se``, which takes the variance parameters as known, the profile lets
+    them move with ``beta_j``: with few groups it can be much wider.
+
+    Parameters
+    ----------
+    y, X, groups
+        As for :func:`lmm_helpers.fit_lmm`.
+    level : float
+        Coverage, e.g. 0.95.
+    names : list of str, optional
+        Coefficient names (the keys of the result); taken from a DataFrame's columns, else ``x0, x1, ...``.
+    n_grid : int
+        Points of the returned profile curves, spread over a little more than each interval.
+
+    Returns
+    -------
+    dict from coefficient name to :class:`ProfileInterval` (``parameter`` is the name).
+    """
+    from .fit import fit_lmm
+
+    level = _check_level(level)
+    if not (isinstance(n_grid, (int, np.integer)) and n_grid >= 3):
+        raise ValueError(f"n_grid must be an integer >= 3, got {n_grid!r}")
+    data = check_inputs(y, X, groups, names)
+    fit = fit_lmm(y, X, groups, "ML")
+    yv, Xv = data.y, data.X
+    dev_min = fit.deviance
+    cutoff = float(stats.norm.ppf((1.0 + level) / 2.0))
+    out = {}
+    for j, name in enumerate(data.names):
+        est, se = float(fit.beta[j]), float(fit.bse[j])
+        step = se if se > 0 else max(abs(est), 1.0)
+
+        def zeta(b, j=j, est=est):
+            d = _beta_profile_deviance(yv, Xv, data.codes, j, b) - dev_min
+            return float(np.sign(b - est) * np.sqrt(max(d, 0.0))) + 0.0  # + 0.0: no -0.0 at the estimate
+
+        limits = []
+        for sign in (1.0, -1.0):
+            far = step * cutoff
+            while sign * zeta(est + sign * far) < cutoff and far < 1e8 * step:
+                far *= 2.0
+            if sign * zeta(est + sign * far) < cutoff:
+                limits.append(sign * float("inf"))
+                continue
+            a, b = sorted((est, est + sign * far))
+            limits.append(optimize.brentq(lambda v: zeta(v) - sign * cutoff, a, b,
+                                          xtol=1e-12 * max(far, abs(est)), rtol=1e-13))
+        upper, lower = limits
+        lo_plot = lower if np.isfinite(lower) else est - 10.0 * step
+        hi_plot = upper if np.isfinite(upper) else est + 10.0 * step
+        span = hi_plot - lo_plot
+        grid = np.linspace(lo_plot - 0.15 * span, hi_plot + 0.15 * span, n_grid)
+        grid = np.sort(np.append(grid[np.abs(grid - est) > 1e-9 * span], est))
+        out[name] = ProfileInterval(parameter=name, estimate=est, lower=float(lower), upper=float(upper),
+                                    level=level, cutoff=cutoff, values=grid,
+                                    zeta=np.array([zeta(v) for v in grid]))
+    return out

@@ -197,14 +197,15 @@ def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: in
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.5 * nrows + 0.8), sharex=True, sharey=True)
     axes = np.atleast_1d(axes).ravel()
     xs = np.array([data[x].min(), data[x].max()], dtype=float)
-    styles = ["--", "-", ":", "-."]
+    # dashed, thin solid, thick solid, dash-dot: told apart by pattern and weight, not by colour alone
+    # (a dotted line at 1.4 pt looked like the dashed one in a small panel)
+    styles = [dict(ls="--", lw=1.3), dict(ls="-", lw=1.0), dict(ls="-", lw=2.4, alpha=0.85), dict(ls="-.", lw=1.3)]
     for ax, lab in zip(axes, labels):
         sub = data[data[group] == lab]
         ax.plot(sub[x], sub[y], "o", ms=3, color="0.35")
         for k, (name, coef) in enumerate((lines or {}).items()):
             a, b = coef.loc[lab, "intercept"], coef.loc[lab, "slope"]
-            ax.plot(xs, a + b * xs, styles[k % len(styles)], color=GROUP_COLORS[k % len(GROUP_COLORS)], lw=1.4,
-                    label=name)
+            ax.plot(xs, a + b * xs, color=GROUP_COLORS[k % len(GROUP_COLORS)], label=name, **styles[k % len(styles)])
         ax.set_title(str(lab), fontsize=8, pad=2)
         ax.tick_params(labelsize=7)
     if np.issubdtype(data[x].dtype, np.integer):  # whole-number x (days, visits): no 2.5 ticks

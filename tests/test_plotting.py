@@ -87,6 +87,22 @@ def test_plot_small_multiples_one_panel_per_group_with_its_points_and_lines():
     plt.close(fig)
 
 
+def test_plot_small_multiples_lines_differ_in_pattern_or_weight():
+    """Three models' lines in one panel must be told apart without colour: no two share dash pattern and width."""
+    from lmm_helpers.plotting import plot_small_multiples
+
+    sleep = lh.load_dataset("sleepstudy")
+    subjects = list(dict.fromkeys(sleep.Subject))
+    lines = {name: pd.DataFrame({"intercept": 250.0 + k, "slope": 10.0}, index=subjects)
+             for k, name in enumerate(["own", "population", "mixed"])}
+    fig = plot_small_multiples(sleep, "Days", "Reaction", "Subject", lines=lines)
+    drawn = fig.axes[0].get_lines()[1:]
+    looks = {(ln.get_linestyle(), ln.get_linewidth()) for ln in drawn}
+    assert len(drawn) == 3 and len(looks) == 3
+    assert ":" not in {ln.get_linestyle() for ln in drawn}
+    plt.close(fig)
+
+
 def test_plot_small_multiples_refuses_a_missing_column():
     from lmm_helpers.plotting import plot_small_multiples
 

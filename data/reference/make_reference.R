@@ -129,6 +129,23 @@ record_lme("toy", "lme_REML", toy_lme_reml)
 save_text("toy_lme_ML", capture.output(print(summary(toy_lme_ml))))
 save_text("toy_lme_REML", capture.output(print(summary(toy_lme_reml))))
 
+# ---- nlme under ML: which outputs carry the n/(n-p) rescaling (notebooks 03 and 08) ----------
+# summary.lme() with its default adjustSigma = TRUE multiplies sigma by sqrt(n/(n-p)) for an ML fit, and with it
+# the printed standard errors, t and p; vcov() and intervals() use the unadjusted ML sigma (lme4's numbers).
+toy_lme_ml_noadj <- summary(toy_lme_ml, adjustSigma = FALSE)
+tt <- toy_lme_ml_noadj$tTable
+for (q in c("Std.Error", "t-value", "p-value")) {
+  emit("toy", "lme_ML_noadjust", c("Std.Error" = "se", "t-value" = "t", "p-value" = "p")[[q]], rownames(tt), tt[, q])
+}
+v <- as.matrix(vcov(toy_lme_ml))
+emit("toy", "lme_ML", "vcov", as.vector(outer(rownames(v), colnames(v), paste, sep = ":")), as.vector(v))
+iv <- intervals(toy_lme_ml, which = "fixed")$fixed
+emit("toy", "lme_ML_intervals", "ci_lower", rownames(iv), iv[, "lower"])
+emit("toy", "lme_ML_intervals", "ci_upper", rownames(iv), iv[, "upper"])
+save_text("toy_lme_ML_noadjust", capture.output(print(toy_lme_ml_noadj)))
+save_text("toy_lme_ML_vcov", capture.output(print(vcov(toy_lme_ml))))
+# ---- end of the nlme block --------------------------------------------------------------------
+
 # t-tests: paired, Welch on raw Resp, and Student/Welch on Resp_std.
 untr <- toy$Resp[toy$Treat == 0]
 trt <- toy$Resp[toy$Treat == 1]
@@ -251,6 +268,26 @@ ci <- confint(gt_ml, parm = "theta_", method = "profile", oldNames = FALSE)
 emit("grouseticks", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
 emit("grouseticks", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
 save_text("grouseticks_profile_ci", capture.output(print(ci)))
+
+# ---- profile intervals for the fixed effects (notebook 08): lme4's spline through its profile points --------
+# The toy's profile points for beta (zeta at each value of one coefficient, the rest re-optimised).
+pr <- as.data.frame(suppressWarnings(profile(toy_ml1, which = "beta_", signames = FALSE)))
+for (nm in unique(as.character(pr$.par))) {
+  sub <- pr[pr$.par == nm, ]
+  terms <- paste0(nm, "#", seq_len(nrow(sub)))
+  emit("toy", "lmer_ML_profile_points", "value", terms, sub[[nm]])
+  emit("toy", "lmer_ML_profile_points", "zeta", terms, sub$.zeta)
+}
+ci <- confint(gt_ml, parm = "beta_", method = "profile")
+emit("grouseticks", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
+emit("grouseticks", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
+save_text("grouseticks_profile_ci_beta", capture.output(print(ci)))
+ss_ml <- lme4::lmer(Reaction ~ Days + (1 | Subject), data = sleepstudy, REML = FALSE)
+ci <- confint(ss_ml, parm = "beta_", method = "profile")
+emit("sleepstudy", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
+emit("sleepstudy", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
+save_text("sleepstudy_profile_ci_beta", capture.output(print(ci)))
+# ---- end of the fixed-effect profile block ------------------------------------------------------------
 
 # ---- notebook 05, Exercise 3: the toy with alike individuals, a boundary (singular) ML fit -----
 alike <- data.frame(IndF = factor(c(1, 1, 2, 2)), TreatF = factor(c(0, 1, 0, 1)), Resp = c(10, 25, 12, 20))
