@@ -251,7 +251,7 @@ def write_markdown(df, info: dict, path: Path) -> None:
     text = [
         "# Benchmark: y ~ x1 + x2 + (1 | g), maximum likelihood, about 20 rows per group",
         "",
-        "Made by `python benchmarks/run_benchmarks.py`. Time: best of k repeats of the fit alone, data already in "
+        "Made by `.venv/bin/python benchmarks/run_benchmarks.py --update`. Time: best of k repeats of the fit alone, data already in "
         f"memory (k by size, smallest n first: {reps}). Peak memory: rise of the process's peak resident set size (VmHWM) during the first "
         "fit; input = y, X (n × 3) and the group codes. \"× fit_lmm time\" is the peer's time over fit_lmm's; "
         "\"logLik − fit_lmm\" is negative when the peer stopped short of fit_lmm's maximum; differences below about "

@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# The series: run time and memory, each notebook in a fresh kernel",
         "",
-        "Made by `python benchmarks/run_series.py`. Wall time includes starting the kernel; memory is the peak",
-        "resident set size of that notebook's kernel.",
+        "Made by `.venv/bin/python benchmarks/run_series.py --update`. Wall time includes starting the kernel;",
+        "memory is the peak resident set size of that notebook's kernel.",
         "",
         "| notebook | wall time (s) | kernel peak memory (MB) |",
         "|---|---:|---:|",

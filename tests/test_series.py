@@ -176,7 +176,7 @@ def _copy_series(dest: Path) -> Path:
 def test_generated_files_are_up_to_date():
     stale = [p.relative_to(ROOT).as_posix() for p, text in gen.generate(ROOT, gen.load_config()).items()
              if p.read_text(encoding="utf-8") != text]
-    assert not stale, f"run `python tools/build_series.py`; out of date: {stale}"
+    assert not stale, f"run `.venv/bin/python tools/build_series.py`; out of date: {stale}"
 
 
 def test_generator_is_idempotent_and_keeps_outputs(tmp_path):

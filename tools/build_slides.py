@@ -1,8 +1,8 @@
 """Build a reveal.js slide deck of every notebook, for a lecturer presenting in class.
 
-    python tools/build_slides.py              # -> _build/slides/NN_name.slides.html, one deck per notebook
-    python tools/build_slides.py --offline    # the same, with reveal.js, require.js, jQuery and MathJax copied in
-    python tools/build_slides.py --out DIR    # somewhere else
+    .venv/bin/python tools/build_slides.py              # -> _build/slides/NN_name.slides.html, one deck per notebook
+    .venv/bin/python tools/build_slides.py --offline    # the same, reveal.js & co. and MathJax copied in
+    .venv/bin/python tools/build_slides.py --out DIR    # somewhere else
 
 The decks follow the slide metadata that ``tools/build_series.py`` writes on every cell: each ``##`` section is a
 slide, each step within it (a sentence with its equation or code and output) a sub-slide below it (press the down
