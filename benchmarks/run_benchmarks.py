@@ -13,9 +13,12 @@ measures only the fit:
 A peer that is not installed is reported as "missing"; statsmodels is skipped at sizes where its time, extrapolated
 linearly from the size before, would exceed 60 s, and reported as "skipped (too slow)". Run from the repository root:
 
-    python benchmarks/run_benchmarks.py
+    .venv/bin/python benchmarks/run_benchmarks.py             # -> _build/benchmarks/ (scratch, not tracked)
+    .venv/bin/python benchmarks/run_benchmarks.py --update    # -> benchmarks/results/, the tracked results
 
-It writes benchmarks/results/benchmark.csv, benchmark.md and benchmark.png.
+It writes benchmark.csv, benchmark.md and benchmark.png. Only ``--update`` replaces the tracked files that the README
+and notebook 10 show (then run ``tools/build_series.py`` to refresh the README's table); a run without it leaves them
+alone, so trying the benchmark on another machine changes nothing in the repository.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ MAX_REPEATS, REPEAT_BUDGET_S = 20, 10.0
 SKIP_ABOVE_S = 60.0
 PEERS = ["fit_lmm", "statsmodels", "mixedlm", "lme4"]
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = HERE / "results"  # tracked: written only with --update
+SCRATCH = HERE.parent / "_build" / "benchmarks"  # the default output (_build/ is ignored by git)
 
 R_SCRIPT = r"""
 args <- commandArgs(trailingOnly = TRUE)
@@ -188,10 +192,11 @@ def machine() -> dict:
     return info
 
 
-def main(sizes: list[int]) -> None:
+def main(sizes: list[int], out: Path = SCRATCH) -> None:
+    """Run every peer at every size; write benchmark.csv, benchmark.md and benchmark.png into ``out``."""
     import pandas as pd
 
-    RESULTS.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     load_at_start = os.getloadavg()[0]  # other work on the machine makes every time longer
     have = {peer: available(peer) for peer in PEERS}
     rows = []
@@ -219,12 +224,13 @@ def main(sizes: list[int]) -> None:
                 rows.append(row)
                 print(n, peer, row.get("status"), f"{row.get('time', float('nan')):.4f}", flush=True)
     df = pd.DataFrame(rows)
-    df.to_csv(RESULTS / "benchmark.csv", index=False)
-    write_markdown(df, machine() | {"load average at start": f"{load_at_start:.2f}"})
-    plot(df)
+    df.to_csv(out / "benchmark.csv", index=False)
+    write_markdown(df, machine() | {"load average at start": f"{load_at_start:.2f}"}, out / "benchmark.md")
+    plot(df, out / "benchmark.png")
+    print(f"wrote benchmark.csv, benchmark.md and benchmark.png in {out}")
 
 
-def write_markdown(df, info: dict) -> None:
+def write_markdown(df, info: dict, path: Path) -> None:
     """The Markdown table: time, memory, log-likelihood, and each peer against fit_lmm."""
     ours = df[df.peer == "fit_lmm"].set_index("n")
     lines = ["| n | groups | peer | time (s) | × fit_lmm time | peak memory (MB) | memory / input | logLik | "
@@ -245,7 +251,7 @@ def write_markdown(df, info: dict) -> None:
     text = [
         "# Benchmark: y ~ x1 + x2 + (1 | g), maximum likelihood, about 20 rows per group",
         "",
-        "Made by `python benchmarks/run_benchmarks.py`. Time: best of k repeats of the fit alone, data already in "
+        "Made by `.venv/bin/python benchmarks/run_benchmarks.py --update`. Time: best of k repeats of the fit alone, data already in "
         f"memory (k by size, smallest n first: {reps}). Peak memory: rise of the process's peak resident set size (VmHWM) during the first "
         "fit; input = y, X (n × 3) and the group codes. \"× fit_lmm time\" is the peer's time over fit_lmm's; "
         "\"logLik − fit_lmm\" is negative when the peer stopped short of fit_lmm's maximum; differences below about "
@@ -256,10 +262,10 @@ def write_markdown(df, info: dict) -> None:
         f"Machine: {machine_line}.",
         "",
     ]
-    (RESULTS / "benchmark.md").write_text("\n".join(text))
+    path.write_text("\n".join(text))
 
 
-def plot(df) -> None:
+def plot(df, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,15 +284,20 @@ def plot(df) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "benchmark.png")
+    fig.savefig(path)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="row counts (default 1e3 .. 1e6)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--update", action="store_true",
+                       help=f"write the tracked results in {RESULTS.relative_to(HERE.parent)}/")
+    where.add_argument("--out", type=Path, default=SCRATCH,
+                       help=f"output folder (default: {SCRATCH.relative_to(HERE.parent)}/, not tracked)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
     else:
-        main(args.sizes)
+        main(args.sizes, RESULTS if args.update else args.out)

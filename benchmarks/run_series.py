@@ -3,12 +3,14 @@
 The series' targets (issues 2 and 4): all notebooks together execute in under 60 s, and no notebook's kernel
 needs more than 1.5 GB (Binder gives 1-2 GB). Run from the repository root:
 
-    python benchmarks/run_series.py
+    .venv/bin/python benchmarks/run_series.py             # -> _build/benchmarks/ (scratch, not tracked)
+    .venv/bin/python benchmarks/run_series.py --update    # -> benchmarks/results/, the tracked results
 
 Each notebook is executed in memory (the files are not rewritten) by nbclient in its own child process, so
 that the child's ``RUSAGE_CHILDREN`` peak resident set size is that notebook's kernel alone. Wall time
 includes starting the kernel, as a student who presses *Restart Kernel and Run All* waits for it too.
-Writes ``benchmarks/results/series.csv``, ``series.md`` and ``series.png``.
+Writes ``series.csv``, ``series.md`` and ``series.png``. Only ``--update`` replaces the tracked files that the README
+shows (then run ``tools/build_series.py``); without it they are left alone.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results"  # tracked: written only with --update
+SCRATCH = ROOT / "_build" / "benchmarks"  # the default output (_build/ is ignored by git)
 TIME_BUDGET_S = 60.0
 MEMORY_BUDGET_MB = 1536.0
 
@@ -53,7 +56,13 @@ def run_one(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--update", action="store_true",
+                       help=f"write the tracked results in {RESULTS.relative_to(ROOT)}/")
+    where.add_argument("--out", type=Path, default=SCRATCH,
+                       help=f"output folder (default: {SCRATCH.relative_to(ROOT)}/, not tracked)")
     args = parser.parse_args(argv)
+    out = RESULTS if args.update else args.out
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     rows = []
     for path in paths:
@@ -62,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.name:42s} {r['wall_s']:6.2f} s {r['kernel_peak_mb']:7.0f} MB", flush=True)
     total = sum(r["wall_s"] for r in rows)
     peak = max(r["kernel_peak_mb"] for r in rows)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "series.csv", "w", newline="") as f:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "series.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["notebook", "wall_s", "kernel_peak_mb"])
         w.writeheader()
         w.writerows({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
@@ -71,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# The series: run time and memory, each notebook in a fresh kernel",
         "",
-        "Made by `python benchmarks/run_series.py`. Wall time includes starting the kernel; memory is the peak",
-        "resident set size of that notebook's kernel.",
+        "Made by `.venv/bin/python benchmarks/run_series.py --update`. Wall time includes starting the kernel;",
+        "memory is the peak resident set size of that notebook's kernel.",
         "",
         "| notebook | wall time (s) | kernel peak memory (MB) |",
         "|---|---:|---:|",
@@ -82,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: cpus {os.cpu_count()}, python {platform.python_version()}, load average at the end {load:.2f}.",
     ]
-    (OUT / "series.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(rows, OUT / "series.png")
+    (out / "series.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(rows, out / "series.png")
     ok = total <= TIME_BUDGET_S and peak <= MEMORY_BUDGET_MB
     print(f"total {total:.1f} s (budget {TIME_BUDGET_S:.0f}), peak {peak:.0f} MB (budget {MEMORY_BUDGET_MB:.0f}):"
-          f" {'within budget' if ok else 'OVER BUDGET'}")
+          f" {'within budget' if ok else 'OVER BUDGET'}; wrote series.csv, series.md and series.png in {out}")
     return 0 if ok else 1
 
 

@@ -176,7 +176,7 @@ def _copy_series(dest: Path) -> Path:
 def test_generated_files_are_up_to_date():
     stale = [p.relative_to(ROOT).as_posix() for p, text in gen.generate(ROOT, gen.load_config()).items()
              if p.read_text(encoding="utf-8") != text]
-    assert not stale, f"run `python tools/build_series.py`; out of date: {stale}"
+    assert not stale, f"run `.venv/bin/python tools/build_series.py`; out of date: {stale}"
 
 
 def test_generator_is_idempotent_and_keeps_outputs(tmp_path):
@@ -332,3 +332,17 @@ def test_every_figure_has_a_title_and_no_object_repr(path):
                 assert text.startswith("[figure: "), f"{path.name}: a figure stored as {text!r}"
             blob = str(out)
             assert not re.search(r"at 0x[0-9a-f]{6,}|<Figure size", blob), f"{path.name}: an object repr is stored"
+
+
+MAX_CODE_LINE = 100
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_code_lines_fit_on_a_slide(path):
+    """No code line over 100 characters: a longer one overflows its slide (and JupyterLab's default width)."""
+    long = [
+        f"cell {i}, {len(line)} characters: {line[:60]}..."
+        for i, cell in enumerate(_read(path).cells) if cell.cell_type == "code"
+        for line in cell.source.splitlines() if len(line) > MAX_CODE_LINE
+    ]
+    assert not long, f"{path.name}: code lines over {MAX_CODE_LINE} characters:\n" + "\n".join(long)

@@ -2,9 +2,9 @@
 
 Run from anywhere::
 
-    python tools/build_series.py            # rewrite in place (only files whose content changes are written)
-    python tools/build_series.py --check    # write nothing; exit 1 and list the files that would change
-    python tools/build_series.py --only notebooks/00_index.ipynb README.md   # write just these files
+    .venv/bin/python tools/build_series.py            # rewrite in place (only files whose content changes are written)
+    .venv/bin/python tools/build_series.py --check    # write nothing; exit 1 and list the files that would change
+    .venv/bin/python tools/build_series.py --only notebooks/00_index.ipynb README.md   # write just these files
 
 What it writes
 --------------
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.check:
             p.write_text(out[p], encoding="utf-8")
     if args.check and changed:
-        print("generated files are out of date: run `python tools/build_series.py`", file=sys.stderr)
+        print("generated files are out of date: run `.venv/bin/python tools/build_series.py`", file=sys.stderr)
         return 1
     return 0
 

@@ -1,7 +1,7 @@
 """Build the series as a static HTML site, to read without Jupyter.
 
-    python tools/build_site.py                 # -> _build/site/index.html and one page per notebook
-    python tools/build_site.py --out DIR       # somewhere else
+    .venv/bin/python tools/build_site.py                 # -> _build/site/index.html and one page per notebook
+    .venv/bin/python tools/build_site.py --out DIR       # somewhere else
 
 Each notebook becomes one page through nbconvert's HTML exporter (JupyterLab's look, the template in
 ``tools/templates/lmm_site``): stored outputs as they are (nothing is re-executed), figures embedded in the page,

@@ -1,7 +1,7 @@
 """Write student copies of the notebooks: the same lessons with the worked solutions taken out.
 
-    python tools/make_student_copies.py              # -> _build/student/notebooks/NN_name.ipynb
-    python tools/make_student_copies.py --out DIR    # somewhere else
+    .venv/bin/python tools/make_student_copies.py              # -> _build/student/notebooks/NN_name.ipynb
+    .venv/bin/python tools/make_student_copies.py --out DIR    # somewhere else
 
 Every cell tagged ``solution`` is removed; in place of each exercise's solution the copy has one empty code cell
 (tagged ``answer``) for the student's work. Everything else, stored outputs included, is kept, so the copies read
