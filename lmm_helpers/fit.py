@@ -18,6 +18,7 @@ from .likelihood import (
     _check_method,
     centre_sums,
     group_sums,
+    one_blas_thread,
     pool_by_size,
     profiled_criterion,
     profiled_deviance,
@@ -529,8 +530,8 @@ def fit_lmm_dense(y, X, groups, method: str = "ML") -> DenseFit:
     The hundreds of evaluations each make a handful of LAPACK calls on n x n matrices. OpenBLAS splits each call
     over all cores, which gains nothing at this size and, on a machine whose cores are busy, makes every call
     wait for a core to come free: sleepstudy (n = 180) by ML took 30-64 s with the default threads on 2 busy
-    cores against 0.3 s with one. The optimisation therefore runs with BLAS limited to one thread (threadpoolctl),
-    restored on return.
+    cores against 0.3 s with one. The optimisation therefore runs with BLAS limited to one thread
+    (:func:`lmm_helpers.likelihood.one_blas_thread`), restored on return.
 
     Parameters
     ----------
@@ -553,8 +554,6 @@ def fit_lmm_dense(y, X, groups, method: str = "ML") -> DenseFit:
     IdentifiabilityWarning
         REML with X spanning the group indicators: the sigma_s found is arbitrary.
     """
-    from threadpoolctl import threadpool_limits  # only this route needs it; no work at import time
-
     _check_method(method)
     data = check_inputs(y, X, groups)
     if data.n > _DENSE_MAX_N:
@@ -571,7 +570,7 @@ def fit_lmm_dense(y, X, groups, method: str = "ML") -> DenseFit:
         return -profiled_loglik_dense(data.y, data.X, K, *np.exp(log_sd), method=method)[0]
 
     sd0 = np.log(np.std(data.y) / np.sqrt(2.0))
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         res = optimize.minimize(objective, x0=[sd0, sd0], method="Nelder-Mead",
                                 options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 4000})
         sigma, sigma_s = np.exp(res.x)
