@@ -123,7 +123,8 @@ def plot_shrinkage(own, blup, sizes, ax=None, title: str = "Shrinkage of the gro
 
 
 def plot_toy(df, ax=None, x: str = "Treat", y: str = "Resp", group: str = "Ind",
-             title: str = "The toy data: two individuals, each measured twice"):
+             title: str = "The toy data: two individuals, each measured twice",
+             xlabel: str | None = None, ylabel: str | None = None):
     """Plot each individual's observations joined by a line, one colour per individual, with a legend.
 
     Parameters
@@ -136,6 +137,8 @@ def plot_toy(df, ax=None, x: str = "Treat", y: str = "Resp", group: str = "Ind",
         Column names of the condition (x axis), the response (y axis) and the individual.
     title : str
         The figure's title.
+    xlabel, ylabel : str, optional
+        Axis labels that say what is measured; the column names by default.
 
     Returns
     -------
@@ -156,8 +159,8 @@ def plot_toy(df, ax=None, x: str = "Treat", y: str = "Resp", group: str = "Ind",
     for k, (label, rows) in enumerate(df.sort_values([group, x]).groupby(group, sort=True)):
         ax.plot(rows[x], rows[y], "-o", color=GROUP_COLORS[k % len(GROUP_COLORS)], label=f"{group} {label}")
     ax.set_xticks(sorted(df[x].unique()))
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xlabel(x if xlabel is None else xlabel)
+    ax.set_ylabel(y if ylabel is None else ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     return ax

@@ -43,6 +43,11 @@ def test_plot_toy_labels_title_and_legend(ax):
     assert list(ax.get_xticks()) == [0, 1]
 
 
+def test_plot_toy_takes_axis_labels_that_say_what_is_measured(ax):
+    plot_toy(lh.load_toy(), ax=ax, xlabel="treatment (0 = untreated, 1 = treated)", ylabel="response")
+    assert ax.get_xlabel() == "treatment (0 = untreated, 1 = treated)" and ax.get_ylabel() == "response"
+
+
 def test_plot_toy_other_columns_unsorted_rows_and_new_figure():
     df = pd.DataFrame({"g": ["b", "a", "b", "a", "c"], "t": [1, 1, 0, 0, 0], "r": [4.0, 2.0, 3.0, 1.0, 5.0]})
     ax = plot_toy(df, x="t", y="r", group="g")
