@@ -265,3 +265,29 @@ def test_bad_data_is_refused():
         lh.lmm("y ~ x + (x | g)", df, method="OLS")
     with pytest.raises(ValueError, match="rank-deficient"):
         lh.lmm("y ~ x + x2 + (x | g)", df.assign(x2=2 * df.x))
+
+
+def test_lrt_of_the_random_slope(ref):
+    """(1 | Subject) against (Days | Subject), ML: R's statistic (from the stored log-likelihoods) and the
+    boundary mixture 1/2 chi2_1 + 1/2 chi2_2 for one added variance and its covariance."""
+    from scipy import stats
+
+    df = lh.load_dataset("sleepstudy")
+    small = lh.lmm("Reaction ~ Days + (1 | Subject)", df)
+    big = lh.lmm("Reaction ~ Days + (Days | Subject)", df)
+    res = lh.lrt(small, big)
+    r_stat = 2 * (r_values(ref, "sleepstudy", "lmm_slopes_ML", "loglik").item()
+                  - r_values(ref, "sleepstudy", "lmer_ML", "loglik").item())
+    assert res.statistic == pytest.approx(r_stat, rel=1e-7) and res.df == 2 and res.boundary
+    assert res.pvalue == pytest.approx(0.5 * stats.chi2.sf(r_stat, 2) + 0.5 * stats.chi2.sf(r_stat, 1), rel=1e-6)
+    assert "1/2 chi2_1 + 1/2 chi2_2" in res.summary()
+    # the covariance alone is not on the boundary: chi2_1, as anova()
+    unc = lh.lmm("Reaction ~ Days + (Days || Subject)", df)
+    res = lh.lrt(unc, big)
+    assert not res.boundary and res.pvalue == pytest.approx(stats.chi2.sf(res.statistic, 1), rel=1e-12)
+    # the linear model against (Days | Subject): two variances at 0 under H0, chi2_3 flagged as conservative
+    lm = lh.fit_lm(df.Reaction, np.column_stack([np.ones(len(df)), df.Days]), names=["(Intercept)", "Days"])
+    res = lh.lrt(lm, big)
+    assert res.boundary and res.pvalue == stats.chi2.sf(res.statistic, 3) and "conservative" in res.summary()
+    with pytest.raises(ValueError, match="same method"):
+        lh.lrt(small, lh.lmm("Reaction ~ Days + (Days | Subject)", df, "REML"))
