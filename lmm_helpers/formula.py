@@ -235,7 +235,8 @@ def _factor(col: pd.Series, name: str) -> tuple[np.ndarray, list]:
     return codes, levels
 
 
-def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str) -> tuple[list, np.ndarray]:
+def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str,
+                   stack: bool = True) -> tuple[list, np.ndarray | list]:
     """The model matrix of ``terms`` (R's ``model.matrix``): column names and an (n, p) float array.
 
     Parameters
@@ -246,6 +247,8 @@ def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str) -> tu
     intercept : bool
     where : str
         Which part of the formula, for messages.
+    stack : bool
+        False: the columns as a list of contiguous 1-D arrays (no (n, p) copy; what the O(n) pass reads).
     """
     n = len(data)
     present = {frozenset()} if intercept else set()
@@ -277,6 +280,8 @@ def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str) -> tu
         for nm, v in parts:
             names.append(nm)
             cols.append(v)
+    if not stack:
+        return names, cols
     if not cols:
         return [], np.empty((n, 0))
     return names, np.column_stack(cols)

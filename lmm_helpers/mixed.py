@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import _check_rank_dense, group_codes
+from .design import check_rank, group_codes
 from .fit import _coef_table, _quantiles, fit_lmm
 from .formula import ParsedFormula, RandomTerm, design_columns, parse_formula
 from .likelihood import _check_method
@@ -231,7 +231,7 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
     """
     _check_method(method)
     model = _build(formula, data)
-    if model.intercept_only:
+    if model.intercept_only:  # checks X itself (rank, magnitudes) from its grouped sums
         fit = fit_lmm(model.y, model.X, model.codes, method, names=model.names)
         return _from_fit_lmm(fit, formula, model.factor, model.labels)
     return _fit_blocks(model, method)
@@ -239,14 +239,14 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
 
 @dataclass(frozen=True, eq=False)
 class _Model:
-    """A formula read against its data: y, X, each random block's columns, group codes, and the block sums."""
+    """A formula read against its data: y, the columns of X and of each random block, group codes, block sums."""
 
     formula: str
     y: np.ndarray
     names: list
-    X: np.ndarray
+    x_cols: list
     znames: list
-    Z: list
+    z_cols: list
     terms: tuple
     factor: str
     codes: np.ndarray
@@ -256,6 +256,10 @@ class _Model:
     def intercept_only(self) -> bool:
         return len(self.terms) == 1 and self.terms[0].terms == () and self.terms[0].intercept
 
+    @property
+    def X(self) -> np.ndarray:
+        return np.column_stack(self.x_cols)
+
     @cached_property
     def index(self) -> tuple[np.ndarray, np.ndarray]:
         return lambda_index([len(z) for z in self.znames])
@@ -264,15 +268,14 @@ class _Model:
     def sums(self) -> BlockSums:
         """The O(n) pass. Z and [X, y] share columns (a column's name fixes its values): each distinct one once."""
         cols, where = [], {}
-        zpairs = [(nm, Zb[:, j]) for bn, Zb in zip(self.znames, self.Z) for j, nm in enumerate(bn)]
-        for nm, col in [*zip(self.names, self.X.T), *zpairs, ("\0y", self.y)]:
+        zpairs = [(nm, c) for bn, bc in zip(self.znames, self.z_cols) for nm, c in zip(bn, bc)]
+        for nm, col in [*zip(self.names, self.x_cols), *zpairs, ("\0y", self.y)]:
             if nm not in where:
                 where[nm] = len(cols)
                 cols.append(col)
-        U = np.column_stack(cols)
-        z_cols = [where[nm] for bn in self.znames for nm in bn]
-        w_cols = [where[nm] for nm in self.names] + [where["\0y"]]
-        return block_sums(U, z_cols, w_cols, self.codes, len(self.labels), ones=where.get("(Intercept)"))
+        z_idx = [where[nm] for bn in self.znames for nm in bn]
+        w_idx = [where[nm] for nm in self.names] + [where["\0y"]]
+        return block_sums(cols, z_idx, w_idx, self.codes, len(self.labels), ones=where.get("(Intercept)"))
 
 
 def _build(formula: str, data: pd.DataFrame) -> _Model:
@@ -282,20 +285,42 @@ def _build(formula: str, data: pd.DataFrame) -> _Model:
     parsed = parse_formula(formula)
     _check_columns(parsed, data, formula)
     y = _response(data, parsed.response)
-    names, X = design_columns(data, parsed.fixed, parsed.intercept, "fixed part")
+    names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False)
     if not names:
         raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
     factor = parsed.random[0].factor
     if data[factor].isna().any():
         raise ValueError(f"data: grouping factor {factor!r} has missing values; drop those rows first")
     codes, labels = group_codes(data[factor])
-    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}") for t in parsed.random]
+    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}", stack=False)
+              for t in parsed.random]
     _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
     if len(names) + len(parsed.random) + 1 > len(y):
         raise ValueError(f"formula {formula!r}: more parameters than observations ({len(y)})")
-    _check_rank_dense(X, names)
-    return _Model(formula=formula, y=y, names=names, X=X, znames=[list(b[0]) for b in blocks],
-                  Z=[b[1] for b in blocks], terms=parsed.random, factor=factor, codes=codes, labels=labels)
+    return _Model(formula=formula, y=y, names=names, x_cols=x_cols, znames=[list(b[0]) for b in blocks],
+                  z_cols=[b[1] for b in blocks], terms=parsed.random, factor=factor, codes=codes, labels=labels)
+
+
+def _check_rank(sums: BlockSums, names: list) -> None:
+    """Refuse a rank-deficient X, from ``X^T X`` in the block sums (no pass over the data).
+
+    With an intercept column the other columns are centred first (``X_c^T X_c = X^T X - s s^T / n``, s the column
+    sums), so a covariate far from 0 does not look collinear with the intercept; a column that centring leaves
+    with less than 1e-7 of its length (R's ``lm`` tolerance) is a multiple of the intercept.
+    """
+    p, n = sums.p, sums.n
+    xtx = sums.wtw[:p, :p].copy()
+    if "(Intercept)" in names:
+        k = names.index("(Intercept)")
+        s = xtx[k].copy()
+        raw = np.diag(xtx).copy()
+        xtx -= np.outer(s, s) / n
+        xtx[k, :] = xtx[:, k] = 0.0
+        xtx[k, k] = n
+        for j in np.flatnonzero(np.diag(xtx) <= 1e-14 * raw):
+            raise ValueError(f"X is rank-deficient: column {names[j]!r} is constant, a multiple of the "
+                             "intercept column '(Intercept)'")
+    check_rank(xtx, names)
 
 
 def lmm_criterion(formula: str, data: pd.DataFrame, theta, method: str = "ML") -> float:
@@ -402,9 +427,10 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
 
     With ``theta`` given, no optimisation: the result at that theta (the tests hold it against R at R's theta).
     """
-    y, X, names, codes, labels, factor = model.y, model.X, model.names, model.codes, model.labels, model.factor
-    n, p = X.shape
+    y, names, codes, labels, factor = model.y, model.names, model.codes, model.labels, model.factor
+    n, p = len(y), len(names)
     sums, index, znames = model.sums, model.index, model.znames
+    _check_rank(sums, names)
     sizes = [len(bn) for bn in znames]
     if theta is None:
         theta, converged = _optimise(sums, index, method)
@@ -428,12 +454,12 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     flat = [nm for bn in znames for nm in bn]
     ranef = pd.DataFrame(b.T, index=labels, columns=flat)
     ranef = ranef.loc[:, ~ranef.columns.duplicated()]
-    Zcols = [Zb[:, j] for Zb in model.Z for j in range(Zb.shape[1])]
+    Zcols = [z for zc in model.z_cols for z in zc]
 
     def resid() -> np.ndarray:
-        fitted = X @ ev.beta
+        fitted = sum(bj * x for bj, x in zip(ev.beta, model.x_cols))
         for j, z in enumerate(Zcols):
-            fitted += z * b[j][codes]
+            fitted = fitted + z * b[j][codes]
         return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
 
     return LMMFit(formula=model.formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
@@ -454,8 +480,8 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
     First without bounds: a Lambda with a negative diagonal entry is as good a factor (flip the signs of that
     column and Lambda Lambda^T is unchanged), and an optimiser that may pass through 0 is not caught at a boundary
     it met on the way (with bounds from the start, ``0 + Days + (Days | Subject)`` stopped at a correlation of 1,
-    9 log-likelihood units below lme4). Then the columns are flipped to lme4's signs and a bounded run settles a
-    boundary optimum exactly at 0; Newton steps with a finite-difference Hessian of the analytic gradient polish
+    9 log-likelihood units below lme4). Then the columns are flipped to lme4's signs and, if a diagonal entry is
+    near 0, a bounded run settles a boundary optimum exactly at 0; Newton steps with a finite-difference Hessian of the analytic gradient polish
     and check the optimum (converged: a positive definite Hessian in the free entries and a Newton step below
     1e-4 of theta's scale).
     Both runs are L-BFGS-B with the analytic gradient.
@@ -470,16 +496,19 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
         return ev.deviance, ev.grad
 
     free_run = optimize.minimize(fun, np.where(diag, 1.0, 0.0), jac=True, method="L-BFGS-B", options=opts)
-    theta = free_run.x.copy()
+    theta, dev, grad = free_run.x.copy(), free_run.fun, free_run.jac
     for j in rows[diag][theta[diag] < 0]:
-        theta[cols == j] *= -1.0  # flip column j of Lambda
-    res = optimize.minimize(fun, theta, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-    theta = np.where(diag, np.maximum(res.x, 0.0), res.x)
-    dev, grad = fun(theta)
+        theta[cols == j] *= -1.0  # flip column j of Lambda: the same Lambda Lambda^T, the same deviance
+    if np.any(theta[diag] < 1e-3 * max(1.0, np.max(np.abs(theta)))):  # near the boundary: settle it there
+        res = optimize.minimize(fun, theta, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        theta = np.where(diag, np.maximum(res.x, 0.0), res.x)
+        dev, grad = fun(theta)
+    else:
+        grad = fun(theta)[1]  # the gradient at the flipped point (flipping changes its signs)
     converged = False
     for _ in range(4):
         free = ~(diag & (theta <= 0.0) & (grad >= 0.0))
-        H = _grad_jacobian(lambda t: fun(t)[1], theta, free)
+        H = _grad_jacobian(lambda t: fun(t)[1], theta, grad, free)
         try:
             C = np.linalg.cholesky(H[np.ix_(free, free)])
         except np.linalg.LinAlgError:  # not a minimum in the free directions
@@ -488,7 +517,8 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
         step = np.linalg.solve(C.T, np.linalg.solve(C, grad[free]))
         # lme4 checks the Newton step too (its "relative gradient", tolerance 2e-3); theta is on the scale of
         # sigma, so 1e-4 of it is well inside what the data determine.
-        converged = bool(np.max(np.abs(step)) <= 1e-4 * max(1.0, np.max(np.abs(theta))))
+        size = np.max(np.abs(step)) / max(1.0, np.max(np.abs(theta)))
+        converged = bool(size <= 1e-4)
         new = theta.copy()
         new[free] -= step
         new = np.where(diag, np.maximum(new, 0.0), new)
@@ -496,20 +526,20 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
         if not dev_new < dev:  # within rounding of the optimum: keep the best point seen
             break
         theta, dev, grad = new, dev_new, grad_new
-        if np.max(np.abs(step)) < 1e-9 * max(1.0, np.max(np.abs(theta))):
+        if size < 1e-7:  # the next step would be below rounding of the criterion
             break
     return theta, converged
 
 
-def _grad_jacobian(g: Callable, x: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Central-difference Jacobian of the gradient g at x (the Hessian), in the free coordinates."""
+def _grad_jacobian(g: Callable, x: np.ndarray, gx: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Forward-difference Jacobian of the gradient g at x (the Hessian), in the free coordinates; ``gx = g(x)``."""
     k = len(x)
     H = np.zeros((k, k))
     for i in np.flatnonzero(free):
-        h = 1e-5 * max(abs(x[i]), 1e-2)
+        h = 1e-6 * max(abs(x[i]), 1e-2)
         e = np.zeros(k)
         e[i] = h
-        H[:, i] = (g(x + e) - g(x - e)) / (2 * h)
+        H[:, i] = (g(x + e) - gx) / h
     return 0.5 * (H + H.T)
 
 
