@@ -570,22 +570,18 @@ def satterthwaite(sums: BlockSums, index, method: str, theta: np.ndarray, sigma:
     m = n if method == "ML" else n - p
     s2 = sigma**2
 
-    def grad_theta(t):
+    def derivs(t):  # the theta-gradient of the deviance at fixed sigma, and vcov(beta) at fixed sigma
         ev = evaluate(t, sums, index, method, gradient=True)
         g_ld, g_r2, g_rx = ev.parts
-        return np.concatenate([g_ld + g_r2 / s2 + (g_rx if method == "REML" else 0.0)])
-
-    def vcov_theta(t):
-        ev = evaluate(t, sums, index, method)
         RXi = np.linalg.solve(ev.RX, np.eye(p))
-        return (s2 * (RXi.T @ RXi)).ravel()
+        grad = g_ld + g_r2 / s2 + (g_rx if method == "REML" else 0.0)
+        return np.concatenate([grad, np.diag(s2 * (RXi.T @ RXi))])
 
     k = len(theta)
     ev = evaluate(theta, sums, index, method, gradient=True)
+    d = np.array([_richardson(derivs, theta, i) for i in range(k)])  # (k, k + p): one set of evaluations
     H = np.empty((k + 1, k + 1))
-    for i in range(k):
-        H[:k, i] = _richardson(grad_theta, theta, i)
-    H[:k, :k] = 0.5 * (H[:k, :k] + H[:k, :k].T)
+    H[:k, :k] = 0.5 * (d[:, :k] + d[:, :k].T)
     H[:k, k] = H[k, :k] = -2.0 * ev.parts[1] / sigma**3
     H[k, k] = 6.0 * ev.r2 / sigma**4 - 2.0 * m / s2
     evals, evecs = np.linalg.eigh(H)
@@ -593,9 +589,6 @@ def satterthwaite(sums: BlockSums, index, method: str, theta: np.ndarray, sigma:
     A = 2.0 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
     RXi = np.linalg.solve(ev.RX, np.eye(p))
     Vb = RXi.T @ RXi
-    jac = np.empty((k + 1, p))
-    for i in range(k):
-        jac[i] = np.diag(_richardson(vcov_theta, theta, i).reshape(p, p))
-    jac[k] = 2.0 * sigma * np.diag(Vb)
+    jac = np.vstack([d[:, k:], 2.0 * sigma * np.diag(Vb)])  # d var(beta_j) / d(theta, sigma)
     var = s2 * np.diag(Vb)
     return 2.0 * var**2 / np.einsum("ij,ik,kj->j", jac, A, jac)
