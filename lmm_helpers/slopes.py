@@ -185,9 +185,9 @@ def _gram(C: np.ndarray) -> np.ndarray:
 
 
 def _tri_inv(L: np.ndarray) -> np.ndarray:
-    """``L_g^-1`` for lower-triangular L (q, q, G), column by column."""
+    """``L_g^-1`` for lower-triangular L (q, q, G), column by column (only the lower triangle is filled or read)."""
     q = L.shape[0]
-    Li = np.zeros_like(L)
+    Li = np.empty_like(L)
     for j in range(q):
         Li[j, j] = 1.0 / L[j, j]
         for i in range(j + 1, q):
@@ -212,9 +212,13 @@ def _crossprod_tri(Li: np.ndarray) -> np.ndarray:
 
 
 def _chol(A: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of each ``A_g`` (q, q, G); every ``A_g`` is I + a positive semi-definite matrix."""
+    """Lower Cholesky factor of each ``A_g`` (q, q, G); every ``A_g`` is I + a positive semi-definite matrix.
+
+    Only the lower triangle is filled (np.empty: zeroing the rest cost a pass of fresh memory); every reader of L
+    here reads only the lower triangle.
+    """
     q = A.shape[0]
-    L = np.zeros_like(A)
+    L = np.empty_like(A)
     for j in range(q):
         d = A[j, j].copy()
         for k in range(j):
