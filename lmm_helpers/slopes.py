@@ -306,7 +306,6 @@ def evaluate(theta: np.ndarray, sums: BlockSums, index: tuple[np.ndarray, np.nda
     Lambda^T``, ``P_g = Z_g^T X_g``, ``G = R_X R_X^T``.
     """
     q, p, n, G = sums.q, sums.p, sums.n, sums.n_groups
-    m_cols = p + 1
     Lam = np.zeros((q, q))
     Lam[index] = theta
     dq = np.arange(q)
