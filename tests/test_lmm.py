@@ -350,3 +350,12 @@ def test_labels_of_any_kind_give_the_same_fit():
         fit = lh.lmm("Reaction ~ Days + (Days | Subject)", df.assign(Subject=labels))
         assert fit.loglik == pytest.approx(base.loglik, rel=1e-12)
         assert len(fit.random_effects["Subject"]) == 18
+
+
+def test_non_convergence_warns_and_says_so(monkeypatch):
+    """Where the Newton check fails (here forced), a warning and a summary line say so."""
+    real = mixed._optimise
+    monkeypatch.setattr(mixed, "_optimise", lambda *a: (real(*a)[0], False))
+    with pytest.warns(UserWarning, match="did not converge"):
+        fit = lh.lmm("Reaction ~ Days + (Days | Subject)", lh.load_dataset("sleepstudy"))
+    assert not fit.converged and "did not converge" in fit.summary()
