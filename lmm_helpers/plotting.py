@@ -299,5 +299,5 @@ def plot_shrinkage_2d(own, blup, centre, cov, ax=None, level: float = 0.95, labe
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below: off the points
     return ax
