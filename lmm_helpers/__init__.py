@@ -6,6 +6,9 @@ Modules, one job each:
 - :mod:`lmm_helpers.design`: design matrices, the indicator matrix K, input checks
 - :mod:`lmm_helpers.likelihood`: the log-likelihood, dense (n x n) and grouped (O(n))
 - :mod:`lmm_helpers.fit`: :func:`fit_lmm` and its result
+- :mod:`lmm_helpers.formula`: lme4's formula language, parsed and turned into design matrices
+- :mod:`lmm_helpers.slopes`: the profiled deviance with q x q blocks per group (random slopes)
+- :mod:`lmm_helpers.mixed`: :func:`lmm` (formula and data) and its result
 - :mod:`lmm_helpers.inference`: likelihood-ratio tests, the plain linear model, Wald and profile intervals
 - :mod:`lmm_helpers.symbolic`: SymPy builders for the toy's Sigma, det Sigma and log-likelihood
 - :mod:`lmm_helpers.plotting`: the series' plotting style and its recurring figures
@@ -26,10 +29,12 @@ from .inference import (
     wald_ci,
 )
 from .likelihood import covariance_matrix, gls_beta, group_sums, loglik_dense, profiled_deviance
+from .mixed import LMMFit, lmm
 
 __all__ = [
     "DenseFit",
     "LMFit",
+    "LMMFit",
     "LMMResult",
     "LRTResult",
     "ProfileInterval",
@@ -43,6 +48,7 @@ __all__ = [
     "group_sums",
     "indicator_matrix",
     "lm_loglik",
+    "lmm",
     "load_dataset",
     "load_reference",
     "load_toy",

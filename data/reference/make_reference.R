@@ -8,6 +8,7 @@
 #
 # Writes
 #   data/toy.csv, data/sleepstudy.csv, data/grouseticks.csv, data/singular.csv   the datasets
+#   data/orthodont.csv, data/chickweight.csv, data/oxboys.csv   (random slopes, lmm)
 #   data/reference/r_reference.csv      every number, long format: dataset, model, quantity, term, value
 #   data/reference/*.txt                R's own printed summaries, shown beside the Python results
 #   data/reference/versions.txt         R and package versions that produced them
@@ -256,6 +257,91 @@ save_text("grouseticks_profile_ci", capture.output(print(ci)))
 alike <- data.frame(IndF = factor(c(1, 1, 2, 2)), TreatF = factor(c(0, 1, 0, 1)), Resp = c(10, 25, 12, 20))
 toy_alike <- suppressMessages(lme4::lmer(Resp ~ 0 + TreatF + (1 | IndF), data = alike, REML = FALSE))
 record_lmer("toy_alike", "lmer_ML_cellmeans", toy_alike)
+
+
+# =============================================================================================================
+# ---- random slopes, one grouping factor (lmm_helpers.lmm, notebook 11) -------------------------------------
+# Each model by ML and REML through lmerTest: every number lmm() reports, under model names "lmm_<label>_<ML|REML>".
+# Factors are rebuilt from their values (levels in sorted order, as lmm() and a CSV reader see them): Orthodont's
+# Sex is ordered Male, Female in nlme, which would make R's column SexFemale.
+# varcorr terms are "grp|var1|var2" (NA as ""), ranef terms "level|column", theta terms lme4's names.
+record_lmm <- function(dataset, model, fit) {
+  s <- summary(fit)
+  cf <- coef(s)
+  for (q in c("Estimate", "Std. Error", "t value", "df", "Pr(>|t|)")) {
+    key <- c(Estimate = "beta", `Std. Error` = "se", `t value` = "t", df = "df", `Pr(>|t|)` = "p")[[q]]
+    emit(dataset, model, key, rownames(cf), cf[, q])
+  }
+  v <- as.matrix(vcov(fit))
+  emit(dataset, model, "vcov", as.vector(outer(rownames(v), colnames(v), paste, sep = ":")), as.vector(v))
+  emit(dataset, model, "sigma", "", sigma(fit))
+  emit(dataset, model, "loglik", "", as.numeric(logLik(fit)))
+  emit(dataset, model, "aic", "", AIC(fit))
+  emit(dataset, model, "bic", "", BIC(fit))
+  emit(dataset, model, "deviance", "", if (isREML(fit)) getME(fit, "devcomp")$cmp[["REML"]] else deviance(fit))
+  emit(dataset, model, "singular", "", as.numeric(isSingular(fit)))
+  emit(dataset, model, "converged", "", as.numeric(is.null(fit@optinfo$conv$lme4$messages)))
+  emit(dataset, model, "nobs", "", nobs(fit))
+  th <- getME(fit, "theta")
+  emit(dataset, model, "theta", names(th), th)
+  vc <- as.data.frame(VarCorr(fit))
+  key <- paste(vc$grp, ifelse(is.na(vc$var1), "", vc$var1), ifelse(is.na(vc$var2), "", vc$var2), sep = "|")
+  emit(dataset, model, "varcorr_vcov", key, vc$vcov)
+  emit(dataset, model, "varcorr_sdcor", key, vc$sdcor)
+  for (fac in names(ranef(fit))) {
+    re <- ranef(fit)[[fac]]
+    for (col in colnames(re)) emit(dataset, model, "ranef", paste(rownames(re), col, sep = "|"), re[[col]])
+  }
+}
+fit_lmm_models <- function(dataset, label, formula, data, data_name) {
+  for (reml in c(FALSE, TRUE)) {
+    lab <- if (reml) "REML" else "ML"
+    f <- suppressMessages(suppressWarnings(eval(call("lmer", formula, data = as.name(data_name), REML = reml))))
+    record_lmm(dataset, paste0("lmm_", label, "_", lab), f)
+    save_text(paste0(dataset, "_lmm_", label, "_", lab), capture.output(print(summary(f))))
+  }
+}
+
+sleep <- sleepstudy[, c("Reaction", "Days", "Subject")]
+sleep$Subject <- as.character(sleep$Subject)
+fit_lmm_models("sleepstudy", "slopes", Reaction ~ Days + (Days | Subject), sleep, "sleep")
+fit_lmm_models("sleepstudy", "uncorr", Reaction ~ Days + (Days || Subject), sleep, "sleep")
+
+# nlme's Orthodont (Potthoff and Roy 1964): jaw growth of 27 children, 4 ages each; a factor and its interaction.
+data("Orthodont", package = "nlme")
+orthodont <- data.frame(distance = Orthodont$distance, age = Orthodont$age,
+                        Subject = as.character(Orthodont$Subject), Sex = as.character(Orthodont$Sex))
+write_data(orthodont, "orthodont")
+fit_lmm_models("orthodont", "slopes", distance ~ age * Sex + (age | Subject), orthodont, "orthodont")
+
+# R's ChickWeight (Crowder and Hand 1990): 50 chicks on 4 diets, weighed up to 12 times (unbalanced). lme4's ML fit
+# ends with a convergence warning (recorded as converged = 0): lmm() must reach at least its log-likelihood.
+chickweight <- data.frame(weight = ChickWeight$weight, Time = ChickWeight$Time,
+                          Chick = as.character(ChickWeight$Chick), Diet = as.character(ChickWeight$Diet))
+write_data(chickweight, "chickweight")
+fit_lmm_models("chickweight", "slopes", weight ~ Time * Diet + (Time | Chick), chickweight, "chickweight")
+
+# nlme's Oxboys (Goldstein 1987): heights of 26 boys at 9 occasions; large random intercepts (theta ~ 12).
+data("Oxboys", package = "nlme")
+oxboys <- data.frame(height = Oxboys$height, age = Oxboys$age, Subject = as.character(Oxboys$Subject))
+write_data(oxboys, "oxboys")
+fit_lmm_models("oxboys", "slopes", height ~ age + (age | Subject), oxboys, "oxboys")
+fit_lmm_models("oxboys", "uncorr", height ~ age + (1 | Subject) + (0 + age | Subject), oxboys, "oxboys")
+# A boundary fit with slopes: the first days of ChickWeight (Time <= 4) put the intercept-slope correlation at +1.
+chickweight_early <- subset(chickweight, Time <= 4)
+fit_lmm_models("chickweight", "early", weight ~ Time + (Time | Chick), chickweight_early, "chickweight_early")
+
+# R's model.matrix for fixed parts lmm() must name and code as R does: each column's name and its sum.
+for (fm in c("distance ~ age * Sex", "distance ~ 0 + Sex + age:Sex", "distance ~ Sex - 1", "distance ~ age:Sex")) {
+  mm <- model.matrix(as.formula(fm), orthodont)
+  emit("orthodont", "model_matrix", "colsum", paste(fm, colnames(mm), sep = "|"), colSums(mm))
+}
+for (fm in c("weight ~ Diet * Time", "weight ~ Time:Diet", "weight ~ Diet + Time:Diet", "weight ~ 0 + Diet")) {
+  mm <- model.matrix(as.formula(fm), chickweight)
+  emit("chickweight", "model_matrix", "colsum", paste(fm, colnames(mm), sep = "|"), colSums(mm))
+}
+# ---- end of random slopes ------------------------------------------------------------------------------------
+# =============================================================================================================
 
 # ---- write ----------------------------------------------------------------------------------
 ref <- do.call(rbind, rows)

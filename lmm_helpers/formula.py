@@ -1,0 +1,278 @@
+"""lme4's formula language: parsing ``y ~ x * f + (x | g)`` and building its design matrices with R's names.
+
+Parsing is done by ``formulae`` (the mixed-model formula library behind Bambi): its scanner and parser give the
+syntax tree, its resolver expands ``*``, ``:``, ``/``, ``0 +`` and ``- 1`` into terms. Two things are ours:
+
+- ``formulae`` resolves every random term ``(x | g)`` into separate, uncorrelated pieces (``(1 | g)`` and
+  ``(x | g)``, Bambi's model), which loses what lme4 means by ``(x | g)``: one correlated block. So the random
+  terms are taken from the syntax tree, one block per ``( ... | g)``, and only their left-hand sides are resolved.
+  ``||`` is not in ``formulae``'s grammar: its two ``|`` tokens are merged before parsing and the term is expanded
+  as lme4 does, ``(x + z || g)`` into ``(1 | g) + (0 + x | g) + (0 + z | g)``.
+- The columns are built here, from the resolved terms, with R's rules and names: numeric columns as they are;
+  string, categorical and boolean columns as factors (levels: a categorical's own order, else sorted), coded by
+  treatment contrasts against the first level when the term without that factor is in the model (the intercept
+  counts as the empty term), by one indicator per level otherwise; terms ordered by degree as R's ``terms()``
+  orders them; names as lme4 prints them (``SexMale``, ``age:SexMale``). ``formulae``'s own design matrices name
+  columns ``Sex[Male]`` and take seconds at 10^6 rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "design_columns"]
+
+_ISSUE_11 = ("a random term of two or more grouping factors (nested `(1 | a/b)`, interacting `(1 | a:b)`, "
+             "or crossed `(1 | a) + (1 | b)`) needs lme4's general algorithm, which is not implemented yet "
+             "(issue 11); lmm fits random terms of one grouping factor")
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effects block ``(expr | factor)``: correlated effects of the columns of ``expr`` per level.
+
+    Attributes
+    ----------
+    terms : tuple of tuple of str
+        The left-hand side's terms, each a tuple of variable names (``()`` is not used: see ``intercept``).
+    intercept : bool
+        Whether the block has a random intercept.
+    factor : str
+        The grouping factor's column.
+    text : str
+        The term as lme4 would write it, for messages and ``summary()``.
+    """
+
+    terms: tuple
+    intercept: bool
+    factor: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A formula split into response, fixed terms (R's order) and random blocks (``||`` already expanded)."""
+
+    response: str
+    intercept: bool
+    fixed: tuple
+    random: tuple
+
+
+def _fail(formula: str, problem: str) -> ValueError:
+    return ValueError(f"formula {formula!r}: {problem}")
+
+
+def _merge_double_bars(tokens: list) -> list:
+    """Turn two adjacent ``|`` tokens into one ``|`` token whose lexeme is ``||`` (``formulae`` has no ``||``)."""
+    from formulae.token import Token
+
+    out = []
+    for tok in tokens:
+        if out and tok.kind == "PIPE" and out[-1].kind == "PIPE" and out[-1].lexeme == "|":
+            out[-1] = Token("PIPE", "||")
+        else:
+            out.append(tok)
+    return out
+
+
+def _components(term, formula: str, where: str) -> tuple:
+    """The variable names of one resolved ``formulae`` term; function calls are refused."""
+    names = []
+    for comp in term.components:
+        if type(comp).__name__ != "Variable":
+            raise _fail(formula, f"{where}: {comp.name!r} is a function call; compute it as a column of data first")
+        names.append(str(comp.name))
+    return tuple(names)
+
+
+def _resolve_terms(node, formula: str, where: str) -> tuple[bool | None, list]:
+    """Resolve a piece of the syntax tree into (intercept: True/False/None if unstated, [terms])."""
+    from formulae.expr import Binary, Literal
+    from formulae.resolver import Resolver
+    from formulae.token import Token
+
+    try:
+        res = Resolver(node).resolve()
+    except Exception:  # "x - 1": formulae subtracts the intercept only from a model that has one
+        try:
+            res = Resolver(Binary(Literal(1), Token("PLUS", "+"), node)).resolve()
+        except Exception as err:
+            raise _fail(formula, f"{where} cannot be read ({err})") from None
+    intercept, terms = None, []
+    for t in getattr(res, "terms", [res]):
+        kind = type(t).__name__
+        if kind == "Intercept":
+            intercept = True
+        elif kind == "NegatedIntercept":
+            intercept = False
+        elif kind == "Term":
+            terms.append(_components(t, formula, where))
+        else:
+            raise _fail(formula, f"{where}: {kind} terms are not supported")
+    return intercept, terms
+
+
+def _walk_sum(node, formula: str, bars: list) -> None:
+    """Collect the random terms ``( ... | g)`` of a sum (left to right)."""
+    kind = type(node).__name__
+    if kind == "Binary" and node.operator.kind == "PLUS":
+        _walk_sum(node.left, formula, bars)
+        _walk_sum(node.right, formula, bars)
+    elif kind == "Binary" and node.operator.kind == "MINUS":
+        _walk_sum(node.left, formula, bars)
+        if _has_bar(node.right):
+            raise _fail(formula, "a random term cannot be subtracted")
+    elif kind == "Grouping" and type(node.expression).__name__ == "Binary" and node.expression.operator.kind == "PIPE":
+        bars.append(node.expression)
+    elif _has_bar(node):
+        raise _fail(formula, "a random term must be written as its own summand in parentheses, like (x | g)")
+
+
+def _has_bar(node) -> bool:
+    if type(node).__name__ == "Binary":
+        return node.operator.kind == "PIPE" or _has_bar(node.left) or _has_bar(node.right)
+    if type(node).__name__ in ("Grouping", "Unary"):
+        return _has_bar(getattr(node, "expression", None) or getattr(node, "right", None))
+    return False
+
+
+def _term_text(terms: list, intercept: bool, factor: str, bar: str = "|") -> str:
+    parts = [":".join(t) for t in terms]
+    lhs = " + ".join(parts) if intercept else " + ".join(["0", *parts])
+    return f"({lhs or '1'} {bar} {factor})"
+
+
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split an lme4 formula into its response, fixed-effect terms and random-effect blocks.
+
+    Parameters
+    ----------
+    formula : str
+        E.g. ``"Reaction ~ Days + (Days | Subject)"``.
+
+    Returns
+    -------
+    ParsedFormula
+
+    Raises
+    ------
+    ValueError
+        A formula the parser cannot read, a response that is not one column, a function call, a term of
+        two grouping factors (not implemented yet), a random term that is not a summand.
+    """
+    from formulae.parser import Parser
+    from formulae.resolver import Resolver
+    from formulae.scanner import Scanner
+
+    if not isinstance(formula, str):
+        raise ValueError(f"formula must be a string like 'y ~ x + (x | g)', got {type(formula).__name__}")
+    try:
+        ast = Parser(_merge_double_bars(Scanner(formula).scan())).parse()
+    except Exception as err:
+        raise _fail(formula, f"cannot be parsed ({err})") from None
+    if type(ast).__name__ != "Binary" or ast.operator.kind != "TILDE":
+        raise _fail(formula, "needs a response and a right-hand side, like 'y ~ x + (1 | g)'")
+    if type(ast.left).__name__ != "Variable":
+        raise _fail(formula, "the response must be one column of data")
+    bars: list = []
+    _walk_sum(ast.right, formula, bars)
+    try:
+        model = Resolver(ast).resolve()
+    except Exception as err:
+        raise _fail(formula, f"cannot be read ({err})") from None
+    intercept = any(type(t).__name__ == "Intercept" for t in model.common_terms)
+    fixed = [_components(t, formula, "fixed part") for t in model.common_terms if type(t).__name__ == "Term"]
+    fixed = sorted(fixed, key=len)  # R's terms(): by degree, in order of appearance within a degree
+    random = []
+    for bar in bars:
+        lhs_int, lhs_terms = _resolve_terms(bar.left, formula, "a random term's left-hand side")
+        _, rhs_terms = _resolve_terms(bar.right, formula, "a random term's grouping factor")
+        if len(rhs_terms) != 1 or len(rhs_terms[0]) != 1:
+            what = " + ".join(":".join(t) for t in rhs_terms)
+            raise _fail(formula, f"random term with grouping factor {what!r}: {_ISSUE_11}")
+        factor = rhs_terms[0][0]
+        has_int = lhs_int is not False
+        if not has_int and not lhs_terms:
+            raise _fail(formula, f"random term ({'0'} | {factor}) has no effects")
+        if bar.operator.lexeme == "||":  # lme4's expandDoubleVert: one block per term
+            if has_int:
+                random.append(RandomTerm((), True, factor, f"(1 | {factor})"))
+            for t in lhs_terms:
+                random.append(RandomTerm((t,), False, factor, _term_text([t], False, factor)))
+        else:
+            random.append(RandomTerm(tuple(lhs_terms), has_int, factor, _term_text(lhs_terms, has_int, factor)))
+    if not random:
+        raise _fail(formula, "has no random term like (1 | g); for a linear model use fit_lm")
+    factors = list(dict.fromkeys(r.factor for r in random))
+    if len(factors) > 1:
+        raise _fail(formula, f"random terms of grouping factors {factors}: {_ISSUE_11}")
+    return ParsedFormula(response=str(ast.left.name.lexeme), intercept=intercept, fixed=tuple(fixed),
+                         random=tuple(random))
+
+
+# ----------------------------------------------------------------------------------------- design matrices
+def _is_factor(col: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)
+
+
+def _factor(col: pd.Series, name: str) -> tuple[np.ndarray, list]:
+    """Integer codes and level names of a factor column (a categorical's own levels, else sorted values)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cat = col.cat.remove_unused_categories()
+        codes, levels = cat.cat.codes.to_numpy(), [str(c) for c in cat.cat.categories]
+    else:
+        codes, uniq = pd.factorize(col, sort=True)
+        levels = ["TRUE" if v is True else "FALSE" if v is False else str(v) for v in uniq]
+    if np.any(codes < 0):
+        raise ValueError(f"data: column {name!r} has missing values; drop those rows first (R's na.omit)")
+    return codes, levels
+
+
+def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str) -> tuple[list, np.ndarray]:
+    """The model matrix of ``terms`` (R's ``model.matrix``): column names and an (n, p) float array.
+
+    Parameters
+    ----------
+    data : DataFrame
+    terms : sequence of tuple of str
+        Terms, each a tuple of column names (an interaction when longer than one), in R's order.
+    intercept : bool
+    where : str
+        Which part of the formula, for messages.
+    """
+    n = len(data)
+    present = {frozenset()} if intercept else set()
+    names, cols = (["(Intercept)"], [np.ones(n)]) if intercept else ([], [])
+    cache: dict = {}
+    for term in terms:
+        parts = [("", None)]  # (name, values or None for all ones)
+        for var in term:
+            col = data[var]
+            if _is_factor(col):
+                if var not in cache:
+                    cache[var] = _factor(col, var)
+                codes, levels = cache[var]
+                contrast = frozenset(term) - {var} in present
+                use = levels[1:] if contrast else levels
+                if contrast and len(levels) < 2:
+                    raise ValueError(f"{where}: factor {var!r} has only one level ({levels[0]!r}); "
+                                     "drop it from the formula")
+                new = [(f"{var}{lev}", (codes == k).astype(float))
+                       for k, lev in enumerate(levels) if lev in use]
+            else:
+                values = col.to_numpy(dtype=float, na_value=np.nan)
+                if not np.all(np.isfinite(values)):
+                    raise ValueError(f"data: column {var!r} ({where}) contains NaN or inf; drop or impute "
+                                     "those rows first")
+                new = [(var, values)]
+            parts = [(f"{pn}:{nn}" if pn else nn, nv if pv is None else pv * nv) for nn, nv in new for pn, pv in parts]
+        present.add(frozenset(term))
+        for nm, v in parts:
+            names.append(nm)
+            cols.append(v)
+    if not cols:
+        return [], np.empty((n, 0))
+    return names, np.column_stack(cols)

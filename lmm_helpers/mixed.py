@@ -1,0 +1,498 @@
+"""``lmm(formula, data)``: lme4's formula, one grouping factor, random intercepts and slopes; and its result.
+
+Two engines, one decision (:func:`lmm`): a lone random intercept ``(1 | g)`` goes to :func:`lmm_helpers.fit_lmm`
+(the per-group means of notebook 10, one parameter, pooled by group size); anything else on one grouping factor
+to the q x q blocks of :mod:`lmm_helpers.slopes`. Either way the result is an :class:`LMMFit` in lme4's and
+lmerTest's conventions.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, stats
+
+from .design import _check_rank_dense, group_codes
+from .fit import _coef_table, _quantiles, fit_lmm
+from .formula import ParsedFormula, RandomTerm, design_columns, parse_formula
+from .likelihood import _check_method
+from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
+from .slopes import BlockSums, block_sums, evaluate, lambda_index
+
+__all__ = ["LMMFit", "lmm"]
+
+_SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4), on the diagonal entries of theta
+_HESS_TOL = 1e-8      # lmerTest's tol for the eigenvalues of the Hessian of the variance parameters
+
+
+@dataclass(frozen=True, eq=False)
+class LMMFit:
+    """A linear mixed model fitted by :func:`lmm`, in lme4's and lmerTest's conventions.
+
+    Attributes
+    ----------
+    formula, method : str
+    names : list of str
+        Fixed-effect columns, as lme4 names and orders them (``"(Intercept)"``, ``"SexMale"``, ``"age:SexMale"``).
+    beta : ndarray (p,)
+    vcov : ndarray (p, p)
+        ``sigma^2 (X^T V^-1 X)^-1``.
+    sigma : float
+        Residual standard deviation.
+    loglik : float
+        Log-likelihood (ML) or minus half the REML criterion (REML), as lme4's ``logLik``.
+    theta : ndarray
+        lme4's ``getME(fit, "theta")``: the entries of the relative covariance factor, term by term, each
+        term's lower triangle by columns.
+    varcorr : DataFrame
+        As R's ``as.data.frame(VarCorr(fit))``: columns grp, var1, var2, vcov, sdcor.
+    random_effects : dict
+        ``{factor: DataFrame}`` of conditional modes (BLUPs), one row per level, as R's ``ranef(fit)``.
+    converged, singular : bool
+        The optimiser's check, and lme4's ``isSingular`` (a diagonal entry of theta below 1e-4).
+    n_obs : int
+    n_groups : dict
+        ``{factor: number of levels}``.
+    """
+
+    formula: str
+    method: str
+    names: list
+    beta: np.ndarray
+    vcov: np.ndarray
+    sigma: float
+    loglik: float
+    theta: np.ndarray
+    varcorr: pd.DataFrame
+    random_effects: dict
+    converged: bool
+    singular: bool
+    n_obs: int
+    n_groups: dict
+    terms: tuple = field(repr=False)
+    _df: Callable = field(repr=False)
+    _resid: Callable = field(repr=False)
+
+    # ---------------------------------------------------------------------------------------- numbers
+    @property
+    def bse(self) -> np.ndarray:
+        """Standard errors of ``beta``."""
+        return np.sqrt(np.diag(self.vcov))
+
+    @property
+    def tvalues(self) -> np.ndarray:
+        return self.beta / self.bse
+
+    @cached_property
+    def df(self) -> np.ndarray:
+        """Satterthwaite's degrees of freedom of each coefficient, as lmerTest computes them (on first use)."""
+        return self._df()
+
+    @property
+    def pvalues(self) -> np.ndarray:
+        """Two-sided p-values of the t-tests with Satterthwaite's df."""
+        return 2.0 * stats.t.sf(np.abs(self.tvalues), self.df)
+
+    @property
+    def fe_params(self) -> pd.Series:
+        """``beta`` as a Series indexed by the fixed-effect names."""
+        return pd.Series(self.beta, index=self.names, name="Estimate")
+
+    @property
+    def deviance(self) -> float:
+        """``-2 loglik``: lme4's deviance (ML) or REML criterion at convergence."""
+        return -2.0 * self.loglik
+
+    @property
+    def n_params(self) -> int:
+        """Fixed effects, theta and sigma."""
+        return len(self.beta) + len(self.theta) + 1
+
+    @property
+    def aic(self) -> float:
+        return self.deviance + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return self.deviance + self.n_params * np.log(self.n_obs)
+
+    @cached_property
+    def scaled_resid_quantiles(self) -> np.ndarray:
+        """Min, quartiles and max of the conditional residuals over sigma (summary's "Scaled residuals")."""
+        return self._resid()
+
+    # ---------------------------------------------------------------------------------------- summary
+    def summary(self, data: str | None = None) -> str:
+        """Text laid out like lmerTest's ``summary()``, numbers formatted as R formats them.
+
+        Parameters
+        ----------
+        data : str, optional
+            The data's name for the ``Data:`` line, as R echoes it.
+        """
+        how = "maximum likelihood " if self.method == "ML" else "REML"
+        lines = [f"Linear mixed model fit by {how}. t-tests use Satterthwaite's method [lmm_helpers]",
+                 f"Formula: {self.formula}"]
+        if data:
+            lines.append(f"   Data: {data}")
+        lines.append("")
+        if self.method == "ML":
+            vals = format_num(np.round([self.aic, self.bic, self.loglik, self.deviance], 1), 7)
+            lines += format_named(["AIC", "BIC", "logLik", "deviance", "df.resid"],
+                                  [*vals, str(self.n_obs - self.n_params)])
+        else:
+            lines.append(f"REML criterion at convergence: {self.deviance:.1f}")
+        lines += ["", "Scaled residuals: "]
+        lines += format_named(["Min", "1Q", "Median", "3Q", "Max"],
+                              format_num(zapsmall(self.scaled_resid_quantiles, 5)))
+        lines += ["", "Random effects:"] + self._random_table()
+        counts = ", ".join(f"{k}, {v}" for k, v in self.n_groups.items())
+        lines.append(f"Number of obs: {self.n_obs}, groups:  {counts}")
+        lines += ["", "Fixed effects:"]
+        lines += _coef_table(self.names, self.beta, self.bse, self.df, self.tvalues, self.pvalues)
+        if len(self.beta) > 1:
+            corr = self.vcov / np.outer(self.bse, self.bse)
+            cols = [abbreviate(n) for n in self.names[:-1]]
+            cells = [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(cols))]
+                     for i in range(1, len(self.names))]
+            lines += ["", "Correlation of Fixed Effects:"] + format_table(self.names[1:], cols, cells)
+        if self.singular:
+            lines += ["", "boundary (singular) fit: see help('isSingular')"]
+        if not self.converged:
+            lines += ["", "the optimiser did not converge: treat the estimates with caution"]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def _random_table(self) -> list[str]:
+        """lme4's ``print(VarCorr(fit))`` (``formatVC``): Variance and Std.Dev. to 4 significant digits, each
+        block's correlations rounded to 2 decimals in the lower triangle, columns left-aligned."""
+        vc = self.varcorr
+        diag = vc[vc.var2.isna()]
+        var = format_num(diag.vcov.to_numpy(), 4)
+        sd = format_num(diag.sdcor.to_numpy(), 4)
+        grps = list(dict.fromkeys(diag.grp))
+        sizes = [int((diag.grp == g).sum()) for g in grps if g != "Residual"]
+        width = max(sizes) - 1  # number of Corr columns
+        rows = []
+        for grp in grps:
+            names = list(diag[diag.grp == grp].var1) if grp != "Residual" else [""]
+            k = len(names)
+            corr = np.eye(k)
+            for _, r in vc[(vc.grp == grp) & vc.var2.notna()].iterrows():
+                i, j = names.index(r.var1), names.index(r.var2)
+                corr[i, j] = corr[j, i] = r.sdcor
+            cc = format_num(np.round(corr.ravel(), 2), 3) if k > 1 else [""]
+            cc = [c.strip() for c in cc]
+            w = max(len(c) for c in cc)
+            for a in range(k):
+                cells = [cc[a * k + b].rjust(w) if b < a else "" for b in range(k)][:width]
+                rows.append([grp if a == 0 else "", names[a], *(cells + [""] * (width - len(cells)))])
+        cells = [[g, nm, var[i], sd[i], *rest] for i, (g, nm, *rest) in enumerate(rows)]
+        header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (width - 1) if width else [])
+        table = format_table([""] * len(cells), header, cells, right=False)
+        return table
+
+
+# ------------------------------------------------------------------------------------------ the fitter
+def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
+    """Fit a linear mixed model written in lme4's formula language, by ML or REML.
+
+    Parameters
+    ----------
+    formula : str
+        ``"y ~ fixed + (expr | g)"``: numeric columns, factors (string, categorical or boolean columns, treatment
+        coding against the first level), interactions ``a:b`` and ``a*b``, ``0 +`` or ``- 1``; random terms of one
+        grouping factor ``g``: ``(1 | g)``, ``(x | g)``, ``(x + z | g)``, ``(0 + x | g)``, ``(x || g)``, and sums
+        of such terms.
+    data : DataFrame
+    method : {"ML", "REML"}
+
+    Returns
+    -------
+    LMMFit
+
+    Raises
+    ------
+    ValueError
+        A formula that cannot be read, a column not in data, missing values, a grouping factor with one level or
+        as many levels as observations, more random effects than observations, a rank-deficient X, two grouping
+        factors (not implemented yet).
+    """
+    _check_method(method)
+    if not isinstance(data, pd.DataFrame):
+        raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    parsed = parse_formula(formula)
+    _check_columns(parsed, data, formula)
+    y = _response(data, parsed.response)
+    names, X = design_columns(data, parsed.fixed, parsed.intercept, "fixed part")
+    if not names:
+        raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
+    factor = parsed.random[0].factor
+    if data[factor].isna().any():
+        raise ValueError(f"data: grouping factor {factor!r} has missing values; drop those rows first")
+    codes, labels = group_codes(data[factor])
+    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}") for t in parsed.random]
+    _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
+    if len(names) + len(parsed.random) + 1 > len(y):
+        raise ValueError(f"more parameters than observations ({len(y)})")
+    _check_rank_dense(X, names)
+    if len(parsed.random) == 1 and parsed.random[0].terms == () and parsed.random[0].intercept:
+        return _from_fit_lmm(fit_lmm(y, X, codes, method, names=names), formula, factor, labels)
+    return _fit_blocks(formula, method, y, names, X, blocks, parsed.random, codes, labels)
+
+
+def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, formula: str) -> None:
+    """Every variable of the formula must be a column of data; name the term that uses one that is not."""
+    uses = [(parsed.response, "the response")]
+    uses += [(v, f"fixed term {':'.join(t)!r}") for t in parsed.fixed for v in t]
+    for r in parsed.random:
+        uses += [(v, f"random term {r.text}") for t in r.terms for v in t] + [(r.factor, f"random term {r.text}")]
+    for var, where in uses:
+        if var not in data.columns:
+            raise ValueError(f"formula {formula!r}: {where} uses {var!r}, which is not a column of data "
+                             f"(columns: {list(map(str, data.columns))})")
+
+
+def _response(data: pd.DataFrame, name: str) -> np.ndarray:
+    col = data[name]
+    if not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+        raise ValueError(f"data: the response {name!r} must be numeric, got dtype {col.dtype}")
+    y = col.to_numpy(dtype=float, na_value=np.nan)
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"data: the response {name!r} contains NaN or inf; drop or impute those rows first")
+    return y
+
+
+def _check_levels(terms: tuple, sizes: list, n_levels: int, n: int) -> None:
+    """lme4's checks: more than one level, fewer levels than observations, fewer random effects than observations."""
+    factor = terms[0].factor
+    where = " + ".join(t.text for t in terms)
+    if n_levels < 2:
+        raise ValueError(f"random term {where}: grouping factor {factor!r} has {n_levels} level; a random "
+                         "effect needs at least 2 (lme4: grouping factors must have > 1 sampled level)")
+    if n_levels >= n:
+        raise ValueError(f"random term {where}: grouping factor {factor!r} has {n_levels} levels for {n} "
+                         "observations; lme4 needs fewer levels than observations")
+    n_re = sum(sizes) * n_levels
+    if n_re >= n:
+        raise ValueError(f"random term {where}: {n_re} random effects ({sum(sizes)} per level of {factor!r}) for "
+                         f"{n} observations; lme4 needs more observations than random effects (the variances "
+                         "are unidentifiable)")
+
+
+# --------------------------------------------------------------------- the random intercept: fit_lmm
+def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
+    """The LMMFit of a ``(1 | g)`` model fitted by :func:`fit_lmm` (lme4's theta is sigma_s / sigma)."""
+    theta = np.array([np.sqrt(fit.theta)])
+    varcorr = _varcorr([np.array([[fit.sigma_s**2]])], [["(Intercept)"]], [factor], fit.sigma, [False])
+    ranef = pd.DataFrame({"(Intercept)": fit.random_effects.to_numpy()}, index=labels)
+    return LMMFit(formula=formula, method=fit.method, names=list(fit.names), beta=fit.beta, vcov=fit.vcov,
+                  sigma=fit.sigma, loglik=fit.loglik, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
+                  converged=_warn_fit(fit.converged, bool(theta[0] < _SINGULAR_TOL)),
+                  singular=bool(theta[0] < _SINGULAR_TOL), n_obs=fit.n_obs, n_groups={factor: fit.n_groups},
+                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles)
+
+
+def _warn_fit(converged: bool, singular: bool) -> bool:
+    if singular:
+        warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation as "
+                      "+-1 (lme4's isSingular)", stacklevel=3)
+    if not converged:
+        warnings.warn("the optimiser did not converge: the estimates may not be the maximum", stacklevel=3)
+    return converged
+
+
+def _varcorr(covs: list, znames: list, groups: list, sigma: float, _unused: list) -> pd.DataFrame:
+    """R's ``as.data.frame(VarCorr(fit))``: each block's variances, then its covariances; the residual last."""
+    rows = []
+    for cov, names, grp in zip(covs, znames, groups):
+        sd = np.sqrt(np.diag(cov))
+        for i, nm in enumerate(names):
+            rows.append((grp, nm, None, cov[i, i], sd[i]))
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                denom = sd[i] * sd[j]
+                rows.append((grp, names[i], names[j], cov[i, j], cov[i, j] / denom if denom > 0 else np.nan))
+    rows.append(("Residual", None, None, sigma**2, sigma))
+    df = pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+    df[["var1", "var2"]] = df[["var1", "var2"]].astype(object)
+    df = df.astype({"vcov": float, "sdcor": float})
+    return df.where(df.notna(), None).astype({"vcov": float, "sdcor": float})
+
+
+# ---------------------------------------------------------------------------- random slopes: q x q blocks
+def _fit_blocks(formula, method, y, names, X, blocks, terms, codes, labels) -> LMMFit:
+    n, p = X.shape
+    factor = terms[0].factor
+    # The distinct columns of [X, y] and Z (a column's name fixes its values), for one pass of products.
+    cols, where = [], {}
+    for nm, col in [*zip(names, X.T), *((nm, c) for bn, bz in blocks for nm, c in zip(bn, bz.T)), ("\0y", y)]:
+        if nm not in where:
+            where[nm] = len(cols)
+            cols.append(np.ascontiguousarray(col))
+    U = np.column_stack(cols)
+    znames = [list(bn) for bn, _ in blocks]
+    z_cols = [where[nm] for bn in znames for nm in bn]
+    w_cols = [where[nm] for nm in names] + [where["\0y"]]
+    sums = block_sums(U, z_cols, w_cols, codes, len(labels), ones=where.get("(Intercept)"))
+    sizes = [len(bn) for bn in znames]
+    index = lambda_index(sizes)
+    theta, converged = _optimise(sums, index, method)
+    ev = evaluate(theta, sums, index, method)
+    m = n if method == "ML" else n - p
+    sigma2 = ev.r2 / m
+    sigma = float(np.sqrt(sigma2))
+    RXi = np.linalg.solve(ev.RX, np.eye(p))  # (X^T V^-1 X)^-1 = RX^-T RX^-1
+    vcov = sigma2 * (RXi.T @ RXi)
+    b = ev.Lam @ ev.u  # (q, G): conditional modes in the data's units
+    singular = bool(np.any(theta[index[0] == index[1]] < _SINGULAR_TOL))
+    groups = _block_groups(factor, len(blocks))
+    covs, start = [], 0
+    for k in sizes:
+        Lb = ev.Lam[start:start + k, start:start + k]
+        covs.append(sigma2 * (Lb @ Lb.T))
+        start += k
+    varcorr = _varcorr(covs, znames, groups, sigma, [])
+    flat = [nm for bn in znames for nm in bn]
+    ranef = pd.DataFrame(b.T, index=labels, columns=flat)
+    ranef = ranef.loc[:, ~ranef.columns.duplicated()]
+    Zcols = [U[:, c] for c in z_cols]
+
+    def resid() -> np.ndarray:
+        fitted = X @ ev.beta
+        for j, z in enumerate(Zcols):
+            fitted += z * b[j][codes]
+        return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+
+    return LMMFit(formula=formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
+                  loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
+                  converged=_warn_fit(converged, singular), singular=singular, n_obs=n,
+                  n_groups={factor: len(labels)}, terms=tuple(t.text for t in terms),
+                  _df=lambda: satterthwaite(sums, index, method, theta, sigma), _resid=resid)
+
+
+def _block_groups(factor: str, k: int) -> list:
+    """lme4's names of the blocks of one factor in VarCorr: ``g``, ``g.1``, ``g.2`` ..."""
+    return [factor if i == 0 else f"{factor}.{i}" for i in range(k)]
+
+
+def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
+    """Minimise the profiled criterion over theta (diagonal entries >= 0), from lme4's start (Lambda = I).
+
+    First without bounds: a Lambda with a negative diagonal entry is as good a factor (flip the signs of that
+    column and Lambda Lambda^T is unchanged), and an optimiser that may pass through 0 is not caught at a boundary
+    it met on the way (with bounds from the start, ``0 + Days + (Days | Subject)`` stopped at a correlation of 1,
+    9 log-likelihood units below lme4). Then the columns are flipped to lme4's signs and a bounded run settles a
+    boundary optimum exactly at 0; Newton steps with a finite-difference Hessian of the analytic gradient polish
+    and check the optimum (converged: a last step below 1e-6 in every free entry, positive definite Hessian).
+    Both runs are L-BFGS-B with the analytic gradient.
+    """
+    rows, cols = index
+    diag = rows == cols
+    bounds = [(0.0, None) if d else (None, None) for d in diag]
+    opts = {"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000, "maxcor": 20}
+
+    def fun(t):
+        ev = evaluate(t, sums, index, method, gradient=True)
+        return ev.deviance, ev.grad
+
+    free_run = optimize.minimize(fun, np.where(diag, 1.0, 0.0), jac=True, method="L-BFGS-B", options=opts)
+    theta = free_run.x.copy()
+    for j in rows[diag][theta[diag] < 0]:
+        theta[cols == j] *= -1.0  # flip column j of Lambda
+    res = optimize.minimize(fun, theta, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+    theta = np.where(diag, np.maximum(res.x, 0.0), res.x)
+    dev, grad = fun(theta)
+    converged = False
+    for _ in range(4):
+        free = ~(diag & (theta <= 0.0) & (grad >= 0.0))
+        H = _grad_jacobian(lambda t: fun(t)[1], theta, free)
+        Hf = H[np.ix_(free, free)]
+        try:
+            C = np.linalg.cholesky(Hf)
+        except np.linalg.LinAlgError:
+            break
+        step = np.linalg.solve(C.T, np.linalg.solve(C, grad[free]))
+        new = theta.copy()
+        new[free] -= step
+        new = np.where(diag, np.maximum(new, 0.0), new)
+        dev_new, grad_new = fun(new)
+        if dev_new <= dev:
+            theta, dev, grad = new, dev_new, grad_new
+        if np.max(np.abs(step)) < 1e-6:
+            converged = True
+            break
+    return theta, converged
+
+
+def _grad_jacobian(g: Callable, x: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Central-difference Jacobian of the gradient g at x (the Hessian), in the free coordinates."""
+    k = len(x)
+    H = np.zeros((k, k))
+    for i in np.flatnonzero(free):
+        h = 1e-5 * max(abs(x[i]), 1e-2)
+        e = np.zeros(k)
+        e[i] = h
+        H[:, i] = (g(x + e) - g(x - e)) / (2 * h)
+    return 0.5 * (H + H.T)
+
+
+# ------------------------------------------------------------------------------------- Satterthwaite
+def _richardson(f: Callable, x: np.ndarray, i: int) -> np.ndarray:
+    """numDeriv's Richardson derivative of vector-valued f in coordinate i (d = 1e-4, r = 4, v = 2)."""
+    h = 1e-4 * abs(x[i]) + 1e-4 * (abs(x[i]) < np.sqrt(np.finfo(float).eps / 7e-7))
+    a = []
+    for _ in range(4):
+        e = np.zeros(len(x))
+        e[i] = h
+        a.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h))
+        h /= 2.0
+    for m in range(1, 4):
+        a = [(a[j + 1] * 4**m - a[j]) / (4**m - 1) for j in range(len(a) - 1)]
+    return a[0]
+
+
+def satterthwaite(sums: BlockSums, index, method: str, theta: np.ndarray, sigma: float) -> np.ndarray:
+    """Satterthwaite's df of each fixed effect, as lmerTest: ``df = 2 var^2 / (g^T A g)``.
+
+    lmerTest takes the deviance as a function of ``(theta, sigma)`` (beta profiled out), ``A = 2 H^-1`` from its
+    Hessian H (a pseudo-inverse over the eigenvalues above 1e-8), and ``g`` the gradient of ``var(beta_j)`` in
+    ``(theta, sigma)``. Here the theta-theta block of H is the Richardson-extrapolated Jacobian of the analytic
+    gradient, the sigma rows are analytic, and the theta part of g is Richardson-extrapolated (numDeriv's scheme).
+    """
+    p, n = sums.p, sums.n
+    m = n if method == "ML" else n - p
+    s2 = sigma**2
+
+    def grad_theta(t):
+        ev = evaluate(t, sums, index, method, gradient=True)
+        g_ld, g_r2, g_rx = ev.parts
+        return np.concatenate([g_ld + g_r2 / s2 + (g_rx if method == "REML" else 0.0)])
+
+    def vcov_theta(t):
+        ev = evaluate(t, sums, index, method)
+        RXi = np.linalg.solve(ev.RX, np.eye(p))
+        return (s2 * (RXi.T @ RXi)).ravel()
+
+    k = len(theta)
+    ev = evaluate(theta, sums, index, method, gradient=True)
+    H = np.empty((k + 1, k + 1))
+    for i in range(k):
+        H[:k, i] = _richardson(grad_theta, theta, i)
+    H[:k, :k] = 0.5 * (H[:k, :k] + H[:k, :k].T)
+    H[:k, k] = H[k, :k] = -2.0 * ev.parts[1] / sigma**3
+    H[k, k] = 6.0 * ev.r2 / sigma**4 - 2.0 * m / s2
+    evals, evecs = np.linalg.eigh(H)
+    pos = evals > _HESS_TOL
+    A = 2.0 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
+    RXi = np.linalg.solve(ev.RX, np.eye(p))
+    Vb = RXi.T @ RXi
+    jac = np.empty((k + 1, p))
+    for i in range(k):
+        jac[i] = np.diag(_richardson(vcov_theta, theta, i).reshape(p, p))
+    jac[k] = 2.0 * sigma * np.diag(Vb)
+    var = s2 * np.diag(Vb)
+    return 2.0 * var**2 / np.einsum("ij,ik,kj->j", jac, A, jac)
