@@ -227,3 +227,81 @@ def plot_small_multiples(data, x: str, y: str, group: str, lines=None, ncols: in
         top -= 0.05
     fig.tight_layout(rect=(0, 0, 1, top))
     return fig
+
+
+def plot_shrinkage_2d(own, blup, centre, cov, ax=None, level: float = 0.95, labels=None,
+                      xlabel: str = "intercept", ylabel: str = "slope",
+                      title: str = "Shrinkage of the groups' intercepts and slopes"):
+    """Each group's own (intercept, slope) with an arrow to its BLUP, and the fitted population ellipse.
+
+    Parameters
+    ----------
+    own : array-like, shape (G, 2)
+        Each group's own estimate (its least-squares fit to its rows alone).
+    blup : array-like, shape (G, 2)
+        The mixed model's prediction for the group: fixed effects plus predicted random effects.
+    centre : array-like, shape (2,)
+        The population mean (the fixed effects).
+    cov : array-like, shape (2, 2)
+        The fitted covariance ``D`` of the random effects; drawn as the ellipse
+        ``(x - centre)^T D^{-1} (x - centre) = chi2_2.ppf(level)`` that holds ``level`` of the population.
+    ax : matplotlib Axes, optional
+        Drawn on a new figure when omitted.
+    level : float
+        Share of the fitted population inside the ellipse, in (0, 1).
+    labels : sequence of str, optional
+        One label per group, written beside its own estimate.
+    xlabel, ylabel, title : str
+        Axis labels (with units) and the figure's title.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Raises
+    ------
+    ValueError
+        If ``own`` and ``blup`` are not both of shape (G, 2), ``centre`` is not of length 2, ``cov`` is not a
+        symmetric positive semi-definite 2 x 2 matrix, ``level`` is outside (0, 1), or ``labels`` has the wrong
+        length.
+    """
+    from matplotlib.patches import FancyArrowPatch
+    from scipy import stats
+
+    own, blup = np.asarray(own, dtype=float), np.asarray(blup, dtype=float)
+    centre, cov = np.asarray(centre, dtype=float), np.asarray(cov, dtype=float)
+    if own.ndim != 2 or own.shape[1] != 2 or blup.shape != own.shape:
+        raise ValueError(f"own and blup must both have shape (G, 2); got {own.shape} and {blup.shape}")
+    if centre.shape != (2,):
+        raise ValueError(f"centre must have length 2; got shape {centre.shape}")
+    if cov.shape != (2, 2) or not np.allclose(cov, cov.T) or np.linalg.eigvalsh(cov).min() < -1e-12 * abs(
+            cov).max():
+        raise ValueError("cov must be a symmetric positive semi-definite 2 x 2 matrix")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    if labels is not None and len(labels) != len(own):
+        raise ValueError(f"labels has {len(labels)} entries for {len(own)} groups")
+    if ax is None:
+        _, ax = plt.subplots()
+    # The ellipse: the image of a circle of radius sqrt(chi2_2 quantile) under a square root of cov.
+    vals, vecs = np.linalg.eigh(cov)
+    angle = np.linspace(0.0, 2.0 * np.pi, 241)
+    circle = np.sqrt(stats.chi2.ppf(level, 2)) * np.vstack([np.cos(angle), np.sin(angle)])
+    ellipse = centre[:, None] + vecs @ (np.sqrt(np.clip(vals, 0.0, None))[:, None] * circle)
+    ax.plot(ellipse[0], ellipse[1], color=GROUP_COLORS[2], lw=1.2,
+            label=f"fitted population: {100 * level:.0f}% ellipse of $D$")
+    for start, end in zip(own, blup):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color="0.55", lw=0.8,
+                                     shrinkA=0, shrinkB=0))
+    ax.scatter(own[:, 0], own[:, 1], facecolors="white", edgecolors=GROUP_COLORS[0], s=22, zorder=3,
+               label="own least-squares fit")
+    ax.scatter(blup[:, 0], blup[:, 1], color=GROUP_COLORS[1], s=18, zorder=3, label="mixed model (BLUP)")
+    ax.plot(*centre, marker="*", color="black", ms=11, ls="none", zorder=4, label="population (fixed effects)")
+    if labels is not None:
+        for (x, y), text in zip(own, labels):
+            ax.annotate(str(text), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7, color="0.35")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below: off the points
+    return ax

@@ -9,7 +9,13 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import lmm_helpers as lh  # noqa: E402
-from lmm_helpers.plotting import GROUP_COLORS, plot_profile_zeta, plot_shrinkage, plot_toy  # noqa: E402
+from lmm_helpers.plotting import (  # noqa: E402
+    GROUP_COLORS,
+    plot_profile_zeta,
+    plot_shrinkage,
+    plot_shrinkage_2d,
+    plot_toy,
+)
 
 
 @pytest.fixture
@@ -151,3 +157,47 @@ def test_plot_profile_zeta_shades_the_interval_and_draws_the_cutoffs(ax):
     span = ax.patches[0]  # axvspan: a rectangle in data x (axes y)
     assert (span.get_x(), span.get_x() + span.get_width()) == pytest.approx((prof.lower, prof.upper))
     assert ax.get_title() == "Profile of sigma"
+
+
+def test_plot_shrinkage_2d_arrows_from_own_to_blup_and_the_ellipse_of_d(ax):
+    own = np.array([[250.0, 12.0], [300.0, 2.0], [200.0, 15.0]])
+    blup = np.array([[252.0, 11.0], [280.0, 5.0], [220.0, 13.0]])
+    centre, cov = np.array([250.0, 10.0]), np.array([[400.0, 12.0], [12.0, 25.0]])
+    plot_shrinkage_2d(own, blup, centre, cov, ax=ax, level=0.9, labels=["a", "b", "c"], xlabel="x (ms)",
+                      ylabel="y (ms/day)", title="2-D shrinkage")
+    arrows = [p for p in ax.patches if isinstance(p, matplotlib.patches.FancyArrowPatch)]
+    assert len(arrows) == 3
+    for arrow, start, end in zip(arrows, own, blup):
+        np.testing.assert_allclose(arrow._posA_posB, [start, end])
+    own_pts, blup_pts = ax.collections[:2]
+    np.testing.assert_array_equal(own_pts.get_offsets(), own)
+    np.testing.assert_array_equal(blup_pts.get_offsets(), blup)
+    ellipse, star = ax.get_lines()[:2]
+    pts = np.column_stack([ellipse.get_xdata(), ellipse.get_ydata()]) - centre
+    mahal = np.einsum("ij,ij->i", pts @ np.linalg.inv(cov), pts)
+    np.testing.assert_allclose(mahal, scipy_chi2_ppf(0.9, 2))  # every point on the 90% contour
+    np.testing.assert_array_equal(np.column_stack(star.get_data()), [centre])
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "c"]
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("2-D shrinkage", "x (ms)", "y (ms/day)")
+    assert len(ax.get_legend().get_texts()) == 4
+
+
+def scipy_chi2_ppf(level, df):
+    from scipy import stats
+
+    return stats.chi2.ppf(level, df)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"blup": np.zeros((2, 2))}, "shape"),
+    ({"own": np.zeros(3), "blup": np.zeros(3)}, "shape"),
+    ({"centre": np.zeros(3)}, "centre"),
+    ({"cov": np.array([[1.0, 2.0], [2.0, 1.0]])}, "positive semi-definite"),
+    ({"cov": np.array([[1.0, 0.5], [0.0, 1.0]])}, "symmetric"),
+    ({"level": 1.0}, "level"),
+    ({"labels": ["a"]}, "labels"),
+])
+def test_plot_shrinkage_2d_refuses_bad_input(ax, kwargs, match):
+    args = {"own": np.zeros((3, 2)), "blup": np.ones((3, 2)), "centre": np.zeros(2), "cov": np.eye(2)} | kwargs
+    with pytest.raises(ValueError, match=match):
+        plot_shrinkage_2d(**args, ax=ax)
