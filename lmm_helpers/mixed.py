@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import _check_rank_dense, group_codes
+from .design import _check_rank_dense
 from .fit import _coef_table, _quantiles, fit_lmm
-from .formula import ParsedFormula, RandomTerm, design_columns, parse_formula
+from .formula import ParsedFormula, RandomTerm, design_columns, grouping_factor, parse_formula
 from .likelihood import _check_method
 from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
 from .slopes import BlockSums, block_sums, evaluate, lambda_index
@@ -150,7 +150,7 @@ class LMMFit:
         lines += format_named(["Min", "1Q", "Median", "3Q", "Max"],
                               format_num(zapsmall(self.scaled_resid_quantiles, 5)))
         lines += ["", "Random effects:"] + self._random_table()
-        counts = ", ".join(f"{k}, {v}" for k, v in self.n_groups.items())
+        counts = "; ".join(f"{k}, {v}" for k, v in self.n_groups.items())
         lines.append(f"Number of obs: {self.n_obs}, groups:  {counts}")
         lines += ["", "Fixed effects:"]
         lines += _coef_table(self.names, self.beta, self.bse, self.df, self.tvalues, self.pvalues)
@@ -230,10 +230,12 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
     names, X = design_columns(data, parsed.fixed, parsed.intercept, "fixed part")
     if not names:
         raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
+    if len({t.factor for t in parsed.random}) > 1:  # crossed or nested factors: lme4's general algorithm
+        from .crossed import fit_crossed
+
+        return fit_crossed(formula, method, data, y, names, X, parsed.random)
     factor = parsed.random[0].factor
-    if data[factor].isna().any():
-        raise ValueError(f"data: grouping factor {factor!r} has missing values; drop those rows first")
-    codes, labels = group_codes(data[factor])
+    codes, labels = grouping_factor(data, parsed.random[0])
     blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}") for t in parsed.random]
     _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
     if len(names) + len(parsed.random) + 1 > len(y):
@@ -249,7 +251,8 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, formula: str) -> N
     uses = [(parsed.response, "the response")]
     uses += [(v, f"fixed term {':'.join(t)!r}") for t in parsed.fixed for v in t]
     for r in parsed.random:
-        uses += [(v, f"random term {r.text}") for t in r.terms for v in t] + [(r.factor, f"random term {r.text}")]
+        uses += [(v, f"random term {r.text}") for t in r.terms for v in t] + [(v, f"random term {r.text}")
+                                                                               for v in r.columns]
     for var, where in uses:
         if var not in data.columns:
             raise ValueError(f"formula {formula!r}: {where} uses {var!r}, which is not a column of data "

@@ -1,0 +1,320 @@
+"""lme4's penalised least squares for several random-effect terms, crossed or nested, with a blocked Cholesky.
+
+Bates, Maechler, Bolker and Walker (2015), *Fitting Linear Mixed-Effects Models Using lme4*, JSS 67(1). The random
+effects are ``b = Lambda_theta u`` with spherical ``u ~ N(0, sigma^2 I)``; ``Lambda_theta`` (the relative covariance
+factor) is block-diagonal, one lower-triangular q_k x q_k template per term repeated over the term's m_k levels.
+For each theta, the penalised least-squares problem needs the Cholesky factor ``L`` of
+``A = Lambda^T Z^T Z Lambda + I``; with ``C = L^-1 Lambda^T Z^T [X y]`` the Cholesky factor of
+``[X y]^T [X y] - C^T C`` holds ``R_X`` and, in its last diagonal element, the penalised residual sum of squares
+``r^2``; the profiled deviance is the same as :mod:`lmm_helpers.slopes`'s (eqs. 34 and 41 of the paper).
+
+The factor ``L`` is built in two blocks, as MixedModels.jl does (our own code, same idea): the terms come in lme4's
+order (decreasing number of levels); the first term's block ``A11`` is block-diagonal (q_1 x q_1 per level, 1 x 1
+for a random intercept), so ``L11`` is computed level by level, all levels at once (:mod:`lmm_helpers.slopes`'s
+batched Cholesky). The other terms (r random effects in all) form one dense block. Its Schur complement
+
+    A22 - L21 L21^T = Lambda2^T (Z2^T Z2 - Z2^T Z1 D Z1^T Z2) Lambda2 + I,   D_g = Lambda1 A11_g^-1 Lambda1^T,
+
+is linear in the entries of the per-level q_1 x q_1 matrices D_g, with coefficients that depend only on the
+sparsity pattern and values of ``Z2^T Z1`` (fixed for the data). Those coefficients are gathered once into a sparse
+matrix (:class:`PLSProblem`), so each evaluation is one sparse matrix-vector product, a scaling by Lambda2 and a
+dense Cholesky of size r, plus O(m_1 q_1^3) for the first block: for InstEval (students 2972 levels, lecturers 1128,
+dept:service 28), a 1156 x 1156 Cholesky.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg, sparse
+
+from .slopes import _backward, _chol, _forward, block_sums, lambda_index
+
+__all__ = ["ReTerm", "PLSProblem", "PLSEvaluation", "pls_problem", "pls_evaluate", "conditional_modes",
+           "deviance_theta_sigma", "MAX_DENSE"]
+
+MAX_DENSE = 8000  # random effects outside the first term held in the dense block (8000^2 doubles = 512 MB)
+
+
+@dataclass(frozen=True)
+class ReTerm:
+    """One random-effects term: ``q`` columns of Z repeated over the ``n_levels`` levels of a grouping factor.
+
+    Attributes
+    ----------
+    codes : ndarray of int (n,)
+        Level of each row, ``0 .. n_levels - 1``.
+    n_levels : int
+    Z : ndarray (n, q)
+        The term's model matrix (a column of ones for a random intercept).
+    """
+
+    codes: np.ndarray
+    n_levels: int
+    Z: np.ndarray
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+
+@dataclass(frozen=True, eq=False)
+class PLSProblem:
+    """Everything an evaluation needs that does not depend on theta (built by :func:`pls_problem`)."""
+
+    sizes: tuple          # q_k per term
+    levels: tuple         # m_k per term
+    n: int
+    p: int
+    sums1: object         # BlockSums of the first term: Z1_g^T Z1_g, Z1_g^T [X y], [X y]^T [X y]
+    r: int                # random effects in the dense block
+    A22: np.ndarray       # Z2^T Z2 (r, r), lower triangle used
+    Z2W: np.ndarray       # Z2^T [X y] (r, p+1)
+    A21: sparse.csr_array  # Z2^T Z1 (r, m1 q1), columns level-major
+    K: sparse.csr_array   # (r*r, m1 q1 q1): vec(lower(Z2^T Z1 D Z1^T Z2)) = K vec(D)
+    lam_rows: np.ndarray  # where theta's entries (lam_tidx) go in Lambda2
+    lam_cols: np.ndarray
+    lam_tidx: np.ndarray
+    lam_diag: bool        # Lambda2 is diagonal (every term after the first is scalar)
+    n_theta1: int         # entries of theta in the first term's template
+
+    @property
+    def n_theta(self) -> int:
+        return sum(k * (k + 1) // 2 for k in self.sizes)
+
+    @property
+    def q_total(self) -> int:
+        return sum(k * m for k, m in zip(self.sizes, self.levels))
+
+
+def _term_matrix(term: ReTerm, n: int) -> sparse.csc_array:
+    """The term's n x (m q) block of Z, columns level-major (level g's q columns together), as lme4 lays it out."""
+    q = term.q
+    rows = np.tile(np.arange(n), q)
+    cols = (term.codes[None, :] * q + np.arange(q)[:, None]).ravel()
+    return sparse.csc_array((term.Z.T.ravel(), (rows, cols)), shape=(n, term.n_levels * q))
+
+
+def pls_problem(terms: list, X: np.ndarray, y: np.ndarray) -> PLSProblem:
+    """Gather once everything the profiled deviance needs, for random terms in lme4's order.
+
+    Parameters
+    ----------
+    terms : list of ReTerm
+        In lme4's order: decreasing number of levels (the first is held block-diagonal).
+    X : ndarray (n, p)
+    y : ndarray (n,)
+
+    Returns
+    -------
+    PLSProblem
+    """
+    n, p = X.shape
+    W = np.column_stack([X, y])
+    first, rest = terms[0], terms[1:]
+    q1, m1 = first.q, first.n_levels
+    U = np.column_stack([first.Z, W])
+    sums1 = block_sums(U, list(range(q1)), list(range(q1, q1 + p + 1)), first.codes, m1)
+    r = sum(t.q * t.n_levels for t in rest)
+    if r > MAX_DENSE:
+        raise ValueError(f"terms: {r} random effects outside the largest grouping factor; the dense block holds "
+                         f"at most {MAX_DENSE}")
+    Z1 = _term_matrix(first, n)
+    if rest:
+        Z2 = sparse.hstack([_term_matrix(t, n) for t in rest], format="csc")
+        Z2t = Z2.T.tocsr()
+        A22 = np.ascontiguousarray((Z2t @ Z2).toarray())
+        Z2W = np.asarray(Z2t @ W)
+        A21 = sparse.csr_array(Z2t @ Z1)
+    else:
+        A22, Z2W = np.zeros((0, 0)), np.zeros((0, p + 1))
+        A21 = sparse.csr_array((0, m1 * q1))
+    # K: for each level g of the first term, every pair of nonzeros (i, a), (j, b) of its columns in A21 with i >= j
+    # adds A21[i, (g, a)] A21[j, (g, b)] D_g[a, b] to entry (i, j).
+    coo = A21.tocoo()
+    order = np.argsort(coo.col // q1, kind="stable")
+    row, col, val = coo.row[order].astype(np.int64), coo.col[order], coo.data[order]
+    grp = col // q1
+    cnt = np.bincount(grp, minlength=m1)
+    start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+    rep = cnt[grp]
+    first_e = np.repeat(np.arange(len(row)), rep)
+    k = np.arange(len(first_e)) - np.repeat(np.cumsum(rep) - rep, rep)
+    second_e = start[grp[first_e]] + k
+    keep = row[first_e] >= row[second_e]
+    e1, e2 = first_e[keep], second_e[keep]
+    pos = row[e1] * r + row[e2]
+    didx = grp[e1] * q1 * q1 + (col[e1] % q1) * q1 + (col[e2] % q1)
+    K = sparse.csr_array((val[e1] * val[e2], (pos, didx)), shape=(r * r, m1 * q1 * q1))
+    # Lambda2: each later term's template repeated over its levels; theta's entries follow the first term's.
+    rows, cols, tidx = [], [], []
+    t_off, col_off = first.q * (first.q + 1) // 2, 0
+    for t in rest:
+        tr, tc = lambda_index([t.q])
+        for e, (a, b) in enumerate(zip(tr, tc)):
+            base = col_off + np.arange(t.n_levels) * t.q
+            rows.append(base + a)
+            cols.append(base + b)
+            tidx.append(np.full(t.n_levels, t_off + e))
+        t_off += len(tr)
+        col_off += t.q * t.n_levels
+    cat = (lambda a: np.concatenate(a) if a else np.zeros(0, np.intp))
+    lam_rows, lam_cols, lam_tidx = cat(rows), cat(cols), cat(tidx)
+    return PLSProblem(sizes=tuple(t.q for t in terms), levels=tuple(t.n_levels for t in terms), n=n, p=p,
+                      sums1=sums1, r=r, A22=A22, Z2W=Z2W, A21=A21, K=K, lam_rows=lam_rows, lam_cols=lam_cols,
+                      lam_tidx=lam_tidx, lam_diag=bool(np.all(lam_rows == lam_cols)),
+                      n_theta1=q1 * (q1 + 1) // 2)
+
+
+@dataclass(frozen=True)
+class PLSEvaluation:
+    """lme4's penalised least squares at one theta: the criterion and the pieces inference needs.
+
+    ``deviance`` is the profiled ML deviance or REML criterion; ``ldL2 = log|L|^2``; ``r2`` the penalised residual
+    sum of squares; ``RX`` the lower Cholesky factor of ``X^T V^-1 X`` (V relative to sigma^2); ``beta`` the GLS
+    estimate. The rest (Cholesky pieces) lets :func:`conditional_modes` solve for u without refactoring.
+    """
+
+    theta: np.ndarray
+    deviance: float
+    ldL2: float
+    ldRX2: float
+    r2: float
+    RX: np.ndarray
+    beta: np.ndarray
+    Lam1: np.ndarray
+    L1: np.ndarray
+    C1: np.ndarray
+    U2: np.ndarray | None
+    C2: np.ndarray
+    lam2: object
+
+
+def _lambda2(theta: np.ndarray, prob: PLSProblem):
+    """Lambda2: a vector (its diagonal) when every later term is scalar, else a sparse matrix."""
+    vals = theta[prob.lam_tidx]
+    if prob.lam_diag:
+        return vals
+    return sparse.csr_array((vals, (prob.lam_rows, prob.lam_cols)), shape=(prob.r, prob.r))
+
+
+def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str) -> PLSEvaluation:
+    """The profiled deviance (ML) or REML criterion at ``theta`` (lme4's order and meaning of theta).
+
+    Parameters
+    ----------
+    theta : ndarray
+        Each term's template, its lower triangle by columns, terms in lme4's order.
+    prob : PLSProblem
+    method : {"ML", "REML"}
+
+    Returns
+    -------
+    PLSEvaluation
+    """
+    theta = np.asarray(theta, dtype=float)
+    s1, q1, p, n, r = prob.sums1, prob.sizes[0], prob.p, prob.n, prob.r
+    m1 = prob.levels[0]
+    Lam1 = np.zeros((q1, q1))
+    Lam1[lambda_index([q1])] = theta[:prob.n_theta1]
+    # First block, level by level: A11_g = Lam1^T S_g Lam1 + I = L1_g L1_g^T.
+    if q1 == 1:
+        lam = Lam1[0, 0]
+        a = 1.0 + lam * lam * s1.ztz[0, 0]
+        L1 = np.sqrt(a)[None, None, :]
+        F = (lam / L1[0, 0])[None, None, :]                          # L1^-1 Lam1^T
+        D = (lam * lam / a)                                           # Lam1 A11^-1 Lam1^T, (m1,)
+        ld1 = float(np.sum(np.log(a)))
+        DZW = D[None, :] * s1.ztw[0]                                   # (p+1, m1)
+        c1tc1 = s1.ztw[0] @ DZW.T
+        Dvec = D
+        DZW_flat = DZW.T                                               # (m1, p+1)
+    else:
+        T = np.tensordot(Lam1.T, s1.ztz, axes=(1, 0))
+        A = np.tensordot(T, Lam1, axes=(1, 0)).transpose(0, 2, 1)
+        A[np.arange(q1), np.arange(q1)] += 1.0
+        L1 = _chol(A)
+        ld1 = 2.0 * float(np.sum(np.log(L1[np.arange(q1), np.arange(q1)])))
+        F = _forward(L1, np.broadcast_to(Lam1.T[:, :, None], A.shape).copy())   # L1^-1 Lam1^T
+        D = np.einsum("aig,ajg->ijg", F, F)                           # (q1, q1, m1)
+        DZW3 = np.einsum("ijg,jkg->ikg", D, s1.ztw)                   # (q1, p+1, m1)
+        c1tc1 = np.einsum("ikg,ilg->kl", s1.ztw, DZW3)
+        Dvec = D.transpose(2, 0, 1).ravel()
+        DZW_flat = DZW3.transpose(2, 0, 1).reshape(m1 * q1, p + 1)
+    C1 = _forward(L1, np.tensordot(Lam1.T, s1.ztw, axes=(1, 0)))    # L1^-1 Lam1^T Z1^T [X y]
+    # One Cholesky of the bordered matrix [[Q, H], [H^T, M]] (the dense block, then [X y]) gives L22, C2^T and the
+    # factor R of M - C2^T C2 at once, as lme4 and MixedModels.jl treat [X y] as the last block.
+    lam2 = _lambda2(theta, prob)
+    N = r + p + 1
+    F = np.empty((N, N))
+    F[r:, r:] = s1.wtw - c1tc1
+    if r:
+        Q = F[:r, :r]
+        np.subtract(prob.A22, (prob.K @ Dvec).reshape(r, r), out=Q)
+        H = prob.Z2W - prob.A21 @ DZW_flat
+        if prob.lam_diag:
+            Q *= lam2[:, None]
+            Q *= lam2[None, :]
+            H = lam2[:, None] * H
+        else:
+            Qs = np.tril(Q) + np.tril(Q, -1).T
+            Q[...] = (lam2.T @ (lam2.T @ Qs).T).T
+            H = lam2.T @ H
+        F.flat[:r * (N + 1):N + 1] += 1.0
+        F[r:, :r] = H.T
+    # F is C-ordered with its lower triangle valid: its transpose (F-ordered, no copy) has the upper one, which
+    # LAPACK factors in place; read back in C order, F's lower triangle is then the lower Cholesky factor.
+    _, info = linalg.lapack.dpotrf(F.T, lower=0, overwrite_a=1, clean=0)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the Cholesky factor of the PLS system failed (info {info})")
+    d = np.diag(F)
+    ld2 = 2.0 * float(np.sum(np.log(d[:r])))
+    R = np.tril(F[r:, r:])
+    RX = R[:p, :p]
+    r2 = float(R[p, p] ** 2)
+    ldL2 = ld1 + ld2
+    ldRX2 = 2.0 * float(np.sum(np.log(d[r:r + p])))
+    beta = np.linalg.solve(RX.T, R[p, :p])
+    U2 = F[:r, :r] if r else None          # lower Cholesky factor L22 (upper triangle not cleaned)
+    C2 = F[r:, :r].T                       # L22^-1 Lambda2^T (Z2^T [X y] - ...)
+    m = n if method == "ML" else n - p
+    deviance = ldL2 + m * (1.0 + np.log(2.0 * np.pi * r2 / m))
+    if method == "REML":
+        deviance += ldRX2
+    return PLSEvaluation(theta=theta, deviance=float(deviance), ldL2=ldL2, ldRX2=ldRX2, r2=r2, RX=RX, beta=beta,
+                         Lam1=Lam1, L1=L1, C1=C1, U2=U2, C2=C2, lam2=lam2)
+
+
+def conditional_modes(ev: PLSEvaluation, prob: PLSProblem) -> list:
+    """The conditional modes ``b = Lambda u`` of each term at an evaluation, as (m_k, q_k) arrays.
+
+    ``u`` solves ``L^T u = C[:, y] - C[:, X] beta``: the dense block first (``u2 = L22^-T v2``), then each level
+    of the first term (``u1 = L11^-T (v1 - L21^T u2)``, with ``L21^T u2 = L11^-1 Lam1^T Z1^T Z2 Lambda2 u2``).
+    """
+    p, q1, m1 = prob.p, prob.sizes[0], prob.levels[0]
+    v1 = ev.C1[:, p] - np.einsum("ipg,p->ig", ev.C1[:, :p], ev.beta)     # (q1, m1)
+    out = []
+    if prob.r:
+        v2 = ev.C2[:, p] - ev.C2[:, :p] @ ev.beta
+        u2 = linalg.solve_triangular(np.tril(ev.U2), v2, lower=True, trans="T", check_finite=False)
+        lu2 = ev.lam2 * u2 if prob.lam_diag else ev.lam2 @ u2
+        t = (prob.A21.T @ lu2).reshape(m1, q1).T                          # Z1^T Z2 Lambda2 u2, (q1, m1)
+        v1 = v1 - _forward(ev.L1, np.tensordot(ev.Lam1.T, t, axes=(1, 0)))
+        b2 = lu2
+    u1 = _backward(ev.L1, v1)
+    out.append((ev.Lam1 @ u1).T)
+    if prob.r:
+        off = 0
+        for q, m in zip(prob.sizes[1:], prob.levels[1:]):
+            out.append(b2[off:off + q * m].reshape(m, q))
+            off += q * m
+    return out
+
+
+def deviance_theta_sigma(ev: PLSEvaluation, sigma: float, n: int, p: int, method: str) -> float:
+    """lmerTest's deviance as a function of (theta, sigma), beta profiled out (its ``devfun_vp``)."""
+    s2 = sigma * sigma
+    dev = ev.ldL2 + ev.r2 / s2 + n * np.log(2.0 * np.pi * s2)
+    if method == "REML":
+        dev += ev.ldRX2 - p * np.log(2.0 * np.pi * s2)
+    return float(dev)
