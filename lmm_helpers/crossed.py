@@ -106,8 +106,8 @@ def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
     def fun(t):
         return pls_evaluate(t, prob, method).deviance
 
-    res = optimize.minimize(fun, start, method="L-BFGS-B", bounds=bounds,
-                            options={"ftol": 1e-13, "gtol": 1e-8, "maxiter": 1000, "eps": 1e-7})
+    opts = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000}
+    res = optimize.minimize(fun, start, method="L-BFGS-B", bounds=bounds, options=opts)
     return res.x, bool(res.success)
 
 
