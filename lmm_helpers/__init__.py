@@ -29,7 +29,7 @@ from .inference import (
     wald_ci,
 )
 from .likelihood import covariance_matrix, gls_beta, group_sums, loglik_dense, profiled_deviance
-from .mixed import LMMFit, lmm
+from .mixed import LMMFit, lmm, lmm_criterion
 
 __all__ = [
     "DenseFit",
@@ -49,6 +49,7 @@ __all__ = [
     "indicator_matrix",
     "lm_loglik",
     "lmm",
+    "lmm_criterion",
     "load_dataset",
     "load_reference",
     "load_toy",

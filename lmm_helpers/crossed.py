@@ -15,12 +15,13 @@ import pandas as pd
 from scipy import optimize
 
 from .fit import _quantiles
-from .formula import design_columns, grouping_factor
-from .mixed import _HESS_TOL, _SINGULAR_TOL, LMMFit, _check_levels, _richardson, _varcorr, _warn_fit
+from .formula import grouping_factor
+from .mixed import (_HESS_TOL, _SINGULAR_TOL, LMMFit, _check_levels, _check_rank, _richardson, _varcorr,
+                    _warn_fit)
 from .pls import ReTerm, conditional_modes, deviance_theta_sigma, pls_evaluate, pls_problem
 from .slopes import lambda_index
 
-__all__ = ["fit_crossed", "theta_bounds"]
+__all__ = ["crossed_criterion", "fit_crossed", "theta_bounds"]
 
 
 def theta_bounds(sizes: list) -> tuple[np.ndarray, list]:
@@ -41,23 +42,47 @@ def _unique_names(names: list) -> list:
     return out
 
 
-def fit_crossed(formula: str, method: str, data: pd.DataFrame, y: np.ndarray, names: list, X: np.ndarray,
-                terms: tuple) -> LMMFit:
-    """Fit a model whose random terms have more than one grouping factor (called by :func:`lmm`)."""
-    n, p = X.shape
+def _problem(model, data: pd.DataFrame) -> tuple[list, list, object]:
+    """Each term's grouping factor and Z (lme4's checks), in lme4's order, and the PLS problem they make."""
+    formula, y, names, X = model.formula, model.y, model.names, model.X
+    n = len(y)
     built = []
-    for t in terms:
+    for t, znames, zc in zip(model.terms, model.znames, model.z_cols):
         codes, labels = grouping_factor(data, t)
-        znames, Z = design_columns(data, t.terms, t.intercept, f"random term {t.text}")
         _check_levels((t,), [len(znames)], len(labels), n)
-        built.append((t, codes, labels, znames, Z))
-    n_re = sum(len(b[3]) * len(b[2]) for b in built)
+        built.append((t, codes, labels, list(znames), np.column_stack(zc)))
     order = sorted(range(len(built)), key=lambda k: -len(built[k][2]))  # stable: formula order among equals
     built = [built[k] for k in order]
     sizes = [len(b[3]) for b in built]
     if len(names) + sum(q * (q + 1) // 2 for q in sizes) + 1 > n:
-        raise ValueError(f"more parameters than observations ({n})")
+        raise ValueError(f"formula {formula!r}: more parameters than observations ({n})")
     prob = pls_problem([ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4]) for b in built], X, y)
+    _check_rank(prob.sums1, names)
+    return built, sizes, prob
+
+
+def crossed_criterion(model, data: pd.DataFrame, theta: np.ndarray, method: str) -> float:
+    """lme4's ``devfun(theta)`` for a model of several grouping factors (theta in lme4's order of the terms)."""
+    _, sizes, prob = _problem(model, data)
+    if theta.shape != (prob.n_theta,):
+        raise ValueError(f"theta has {theta.size} entries; {model.formula!r} has {prob.n_theta}")
+    return pls_evaluate(theta, prob, method).deviance
+
+
+def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
+    """Fit a model whose random terms have more than one grouping factor (called by :func:`lmm`).
+
+    Parameters
+    ----------
+    model : lmm_helpers.mixed._Model
+        The formula read against the data (y, X's and each term's columns).
+    method : {"ML", "REML"}
+    data : DataFrame
+        For the grouping factors (interactions included).
+    """
+    formula, y, names, X = model.formula, model.y, model.names, model.X
+    n, p = X.shape
+    built, sizes, prob = _problem(model, data)
     theta, converged = _optimise(prob, sizes, method)
     ev = pls_evaluate(theta, prob, method)
     m = n if method == "ML" else n - p
@@ -75,7 +100,7 @@ def fit_crossed(formula: str, method: str, data: pd.DataFrame, y: np.ndarray, na
         covs.append(sigma2 * (T @ T.T))
         start += q * (q + 1) // 2
     groups = _unique_names([b[0].factor for b in built])
-    varcorr = _varcorr(covs, [list(b[3]) for b in built], groups, sigma, [])
+    varcorr = _varcorr(covs, [list(b[3]) for b in built], groups, sigma)
     random_effects: dict = {}
     for b, mode in zip(built, modes):
         frame = pd.DataFrame(mode, index=b[2], columns=list(b[3]))
@@ -91,7 +116,6 @@ def fit_crossed(formula: str, method: str, data: pd.DataFrame, y: np.ndarray, na
             fitted = fitted + np.einsum("ij,ij->i", b[4], mode[b[1]])
         return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
 
-    del n_re
     return LMMFit(formula=formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects=random_effects,
                   converged=_warn_fit(converged, singular), singular=singular, n_obs=n, n_groups=n_groups,

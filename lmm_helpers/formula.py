@@ -12,8 +12,9 @@ syntax tree, its resolver expands ``*``, ``:``, ``/``, ``0 +`` and ``- 1`` into 
   string, categorical and boolean columns as factors (levels: a categorical's own order, else sorted), coded by
   treatment contrasts against the first level when the term without that factor is in the model (the intercept
   counts as the empty term), by one indicator per level otherwise; terms ordered by degree as R's ``terms()``
-  orders them; names as lme4 prints them (``SexMale``, ``age:SexMale``). ``formulae``'s own design matrices name
-  columns ``Sex[Male]`` and take seconds at 10^6 rows.
+  orders them (an interaction's variables in order of first appearance); names as lme4 prints them
+  (``SexMale``, ``age:SexMale``). ``formulae``'s own design matrices name columns ``Sex[Male]`` and take seconds
+  at 10^6 rows.
 """
 from __future__ import annotations
 
@@ -189,7 +190,10 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise _fail(formula, f"cannot be read ({err})") from None
     intercept = any(type(t).__name__ == "Intercept" for t in model.common_terms)
     fixed = [_components(t, formula, "fixed part") for t in model.common_terms if type(t).__name__ == "Term"]
-    fixed = sorted(fixed, key=len)  # R's terms(): by degree, in order of appearance within a degree
+    # R's terms(): variables in order of first appearance, each interaction's variables in that order
+    # (0 + Sex + age:Sex names SexFemale:age), terms by degree and in order of appearance within a degree.
+    order = {v: k for k, v in enumerate(dict.fromkeys(v for t in fixed for v in t))}
+    fixed = sorted((tuple(sorted(t, key=order.get)) for t in fixed), key=len)
     random = []
     for bar in bars:
         lhs_int, lhs_terms = _resolve_terms(bar.left, formula, "a random term's left-hand side")
@@ -235,7 +239,8 @@ def _factor(col: pd.Series, name: str) -> tuple[np.ndarray, list]:
     return codes, levels
 
 
-def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str) -> tuple[list, np.ndarray]:
+def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str,
+                   stack: bool = True) -> tuple[list, np.ndarray | list]:
     """The model matrix of ``terms`` (R's ``model.matrix``): column names and an (n, p) float array.
 
     Parameters
@@ -246,6 +251,8 @@ def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str) -> tu
     intercept : bool
     where : str
         Which part of the formula, for messages.
+    stack : bool
+        False: the columns as a list of contiguous 1-D arrays (no (n, p) copy; what the O(n) pass reads).
     """
     n = len(data)
     present = {frozenset()} if intercept else set()
@@ -277,6 +284,8 @@ def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str) -> tu
         for nm, v in parts:
             names.append(nm)
             cols.append(v)
+    if not stack:
+        return names, cols
     if not cols:
         return [], np.empty((n, 0))
     return names, np.column_stack(cols)
@@ -298,7 +307,7 @@ def grouping_factor(data: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, p
     codes, labels = None, None
     for col in term.columns:
         if data[col].isna().any():
-            raise ValueError(f"data: grouping factor {col!r} of random term {term.text} has missing values; "
+            raise ValueError(f"data: grouping factor {col!r} has missing values (random term {term.text}); "
                              "drop those rows first")
         c, lev = group_codes(data[col])
         if len(term.columns) == 1:

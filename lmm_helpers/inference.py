@@ -21,6 +21,7 @@ from scipy import interpolate, optimize, stats
 
 from .design import _numeric, check_inputs
 from .fit import LMMResult
+from .mixed import LMMFit
 from .likelihood import GroupSums, _check_method, centre_sums, group_sums, profiled_deviance
 
 __all__ = [
@@ -178,6 +179,7 @@ class LRTResult:
     aic: tuple
     bic: tuple
     loglik: tuple
+    note: str = ""
 
     def summary(self) -> str:
         """The table of R's ``anova()``: npar, AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq)."""
@@ -191,7 +193,9 @@ class LRTResult:
             if i == 1:
                 row += f" {self.statistic:>7.4f} {self.df:>2d} {self.pvalue:>10.4g}"
             rows.append(row)
-        if self.boundary:
+        if self.note:
+            rows.append(self.note)
+        elif self.boundary:
             rows.append("p-value from the boundary mixture 1/2 chi2_0 + 1/2 chi2_1 (sigma_s^2 = 0 under H0)")
         return "\n".join(rows)
 
@@ -200,12 +204,21 @@ class LRTResult:
 
 
 def _describe(fit) -> tuple[int, int, str, list]:
-    """Number of parameters, n, method and fixed-effect names of an LMFit or LMMResult."""
+    """Number of parameters, n, method and fixed-effect names of an LMFit, LMMResult or LMMFit."""
+    if isinstance(fit, LMMFit):
+        return fit.n_params, fit.n_obs, fit.method, list(fit.names)
     if isinstance(fit, LMMResult):
         return len(fit.beta) + 2, fit.n_obs, fit.method, list(fit.names)
     if isinstance(fit, LMFit):
         return fit.n_params, fit.n_obs, fit.method, list(fit.names)
-    raise ValueError(f"expected an LMMResult (fit_lmm) or LMFit (fit_lm), got {type(fit).__name__}")
+    raise ValueError(f"expected an LMMFit (lmm), LMMResult (fit_lmm) or LMFit (fit_lm), got {type(fit).__name__}")
+
+
+def _n_variances(fit) -> int:
+    """Random-effect variances of a fit (0 for the linear model): the diagonal of lme4's relative covariance."""
+    if isinstance(fit, LMMFit):
+        return int(fit.varcorr.var2.isna().sum()) - 1  # the variance rows, less the residual's
+    return 1 if isinstance(fit, LMMResult) else 0
 
 
 def lrt(small, big, *, labels: tuple[str, str] = ("small", "big")) -> LRTResult:
@@ -217,11 +230,16 @@ def lrt(small, big, *, labels: tuple[str, str] = ("small", "big")) -> LRTResult:
     - an :class:`LMFit` (no random effect) against an :class:`LMMResult` with the same fixed effects: the test of
       ``sigma_s^2 = 0``. The null value lies on the boundary of the parameter space, so the statistic follows
       ``1/2 chi2_0 + 1/2 chi2_1`` and the p-value is ``0.5 * chi2.sf(stat, 1)``. ML or REML (the same fixed
-      effects make the REML likelihoods comparable).
+      effects make the REML likelihoods comparable);
+    - two fits with the same fixed effects whose random parts are nested, the bigger an :class:`LMMFit` (e.g.
+      ``(1 | g)`` against ``(x | g)``): the added variance is 0 under H0, again on the boundary. With one added
+      variance and its ``df - 1`` covariances the p-value is from ``1/2 chi2_{df-1} + 1/2 chi2_df``; with more,
+      ``chi2_df`` (as R's ``anova``), which is conservative, and ``note`` says so. Only the parameter counts are
+      checked: that the random parts are nested is the caller's to ensure.
 
     Parameters
     ----------
-    small, big : LMMResult or LMFit
+    small, big : LMMFit, LMMResult or LMFit
         The null model and the alternative.
     labels : tuple of str
         Row labels of the table.
@@ -246,7 +264,7 @@ def lrt(small, big, *, labels: tuple[str, str] = ("small", "big")) -> LRTResult:
             f"small and big are REML fits with different fixed effects ({names0} vs {names1}): REML likelihoods "
             "of different X are not comparable; refit both by ML (method='ML') to test fixed effects"
         )
-    boundary = isinstance(small, LMFit) and isinstance(big, LMMResult)
+    boundary = isinstance(small, LMFit) and isinstance(big, (LMMResult, LMMFit))
     if boundary and names0 != names1:
         raise ValueError(
             f"small (lm) and big (lmm) have different fixed effects ({names0} vs {names1}): the random-effect "
@@ -257,11 +275,26 @@ def lrt(small, big, *, labels: tuple[str, str] = ("small", "big")) -> LRTResult:
         stat = 0.0  # a boundary fit is the linear model itself; the difference is rounding
     df = k1 - k0
     p = float(stats.chi2.sf(stat, df))
-    if boundary:
+    added = _n_variances(big) - _n_variances(small)
+    note = ""
+    if names0 == names1 and added > 0 and not isinstance(big, LMMResult):
+        # Random parts compared with the same fixed effects (an lmm fit on the big side): under H0 the added
+        # variance is 0, on the boundary. One added variance (with its df - 1 covariances): the mixture
+        # 1/2 chi2_{df-1} + 1/2 chi2_df (Stram and Lee 1994). More than one: the mixture has no such simple form;
+        # the chi2_df p-value (R's anova) is conservative, and the table says so.
+        boundary = True
+        if added == 1:
+            p = 0.5 * p + (0.5 * float(stats.chi2.sf(stat, df - 1)) if df > 1 else 0.0)
+            note = (f"p-value from the boundary mixture 1/2 chi2_{df - 1} + 1/2 chi2_{df} (the added variance is 0 "
+                    "under H0)")
+        else:
+            note = (f"boundary: {added} variances are 0 under H0; the chi2_{df} p-value is conservative (too large)")
+    elif boundary:
         p *= 0.5
     return LRTResult(statistic=float(stat), df=int(df), pvalue=p, boundary=boundary, method=m0,
                      labels=tuple(labels), npar=(k0, k1), aic=(float(small.aic), float(big.aic)),
-                     bic=(float(small.bic), float(big.bic)), loglik=(float(small.loglik), float(big.loglik)))
+                     bic=(float(small.bic), float(big.bic)), loglik=(float(small.loglik), float(big.loglik)),
+                     note=note)
 
 
 # --------------------------------------------------------------------------------------------- Wald

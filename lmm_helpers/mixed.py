@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import _check_rank_dense
+from .design import check_rank
 from .fit import _coef_table, _quantiles, fit_lmm
 from .formula import ParsedFormula, RandomTerm, design_columns, grouping_factor, parse_formula
 from .likelihood import _check_method
 from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
 from .slopes import BlockSums, block_sums, evaluate, lambda_index
 
-__all__ = ["LMMFit", "lmm"]
+__all__ = ["LMMFit", "lmm", "lmm_criterion"]
 
 _SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4), on the diagonal entries of theta
 _HESS_TOL = 1e-8      # lmerTest's tol for the eigenvalues of the Hessian of the variance parameters
@@ -154,12 +154,13 @@ class LMMFit:
         lines.append(f"Number of obs: {self.n_obs}, groups:  {counts}")
         lines += ["", "Fixed effects:"]
         lines += _coef_table(self.names, self.beta, self.bse, self.df, self.tvalues, self.pvalues)
-        if len(self.beta) > 1:
-            corr = self.vcov / np.outer(self.bse, self.bse)
-            cols = [abbreviate(n) for n in self.names[:-1]]
-            cells = [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(cols))]
-                     for i in range(1, len(self.names))]
-            lines += ["", "Correlation of Fixed Effects:"] + format_table(self.names[1:], cols, cells)
+        if len(self.beta) > 1:  # lme4: format(round(corr, 3), nsmall = 3), lower triangle, left-aligned
+            p = len(self.beta)
+            cc = _format_corr(self.vcov / np.outer(self.bse, self.bse), 3)
+            cells = [[cc[i * p + j] if j < i else "" for j in range(p - 1)] for i in range(1, p)]
+            rows = [abbreviate(n, 11) for n in self.names[1:]]
+            lines += ["", "Correlation of Fixed Effects:"]
+            lines += format_table(rows, [abbreviate(n) for n in self.names[:-1]], cells, right=False)
         if self.singular:
             lines += ["", "boundary (singular) fit: see help('isSingular')"]
         if not self.converged:
@@ -184,8 +185,7 @@ class LMMFit:
             for _, r in vc[(vc.grp == grp) & vc.var2.notna()].iterrows():
                 i, j = names.index(r.var1), names.index(r.var2)
                 corr[i, j] = corr[j, i] = r.sdcor
-            cc = format_num(np.round(corr.ravel(), 2), 3) if k > 1 else [""]
-            cc = [c.strip() for c in cc]
+            cc = _format_corr(corr) if k > 1 else [""]
             w = max(len(c) for c in cc)
             for a in range(k):
                 cells = [cc[a * k + b].rjust(w) if b < a else "" for b in range(k)][:width]
@@ -194,6 +194,14 @@ class LMMFit:
         header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (width - 1) if width else [])
         table = format_table([""] * len(cells), header, cells, right=False)
         return table
+
+
+def _format_corr(corr: np.ndarray, digits: int = 2) -> list[str]:
+    """R's ``format(round(corr, digits), nsmall = digits)`` of a whole matrix, flattened by rows: common width."""
+    vals = np.round(np.asarray(corr, dtype=float).ravel(), digits) + 0.0  # + 0.0: R prints -0 as 0
+    out = [f"{v:.{digits}f}" for v in vals]
+    width = max(len(c) for c in out)
+    return [c.rjust(width) for c in out]
 
 
 # ------------------------------------------------------------------------------------------ the fitter
@@ -222,28 +230,129 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
         factors (not implemented yet).
     """
     _check_method(method)
+    model = _build(formula, data)
+    if model.crossed:  # several grouping factors: lme4's general algorithm
+        from .crossed import fit_crossed
+
+        return fit_crossed(model, method, data)
+    if model.intercept_only:  # checks X itself (rank, magnitudes) from its grouped sums
+        fit = fit_lmm(model.y, model.X, model.codes, method, names=model.names)
+        return _from_fit_lmm(fit, formula, model.factor, model.labels)
+    return _fit_blocks(model, method)
+
+
+@dataclass(frozen=True, eq=False)
+class _Model:
+    """A formula read against its data: y, the columns of X and of each random block, group codes, block sums."""
+
+    formula: str
+    y: np.ndarray
+    names: list
+    x_cols: list
+    znames: list
+    z_cols: list
+    terms: tuple
+    factor: str
+    codes: np.ndarray
+    labels: pd.Index
+
+    @property
+    def crossed(self) -> bool:
+        """More than one grouping factor (crossed or nested): fitted by :mod:`lmm_helpers.crossed`."""
+        return len({t.factor for t in self.terms}) > 1
+
+    @property
+    def intercept_only(self) -> bool:
+        return len(self.terms) == 1 and self.terms[0].terms == () and self.terms[0].intercept
+
+    @property
+    def X(self) -> np.ndarray:
+        return np.column_stack(self.x_cols)
+
+    @cached_property
+    def index(self) -> tuple[np.ndarray, np.ndarray]:
+        return lambda_index([len(z) for z in self.znames])
+
+    @cached_property
+    def sums(self) -> BlockSums:
+        """The O(n) pass. Z and [X, y] share columns (a column's name fixes its values): each distinct one once."""
+        cols, where = [], {}
+        zpairs = [(nm, c) for bn, bc in zip(self.znames, self.z_cols) for nm, c in zip(bn, bc)]
+        for nm, col in [*zip(self.names, self.x_cols), *zpairs, ("\0y", self.y)]:
+            if nm not in where:
+                where[nm] = len(cols)
+                cols.append(col)
+        z_idx = [where[nm] for bn in self.znames for nm in bn]
+        w_idx = [where[nm] for nm in self.names] + [where["\0y"]]
+        return block_sums(cols, z_idx, w_idx, self.codes, len(self.labels), ones=where.get("(Intercept)"))
+
+
+def _build(formula: str, data: pd.DataFrame) -> _Model:
+    """Parse the formula, check it against data (lme4's checks), and build y, X, Z and the group codes."""
     if not isinstance(data, pd.DataFrame):
         raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     parsed = parse_formula(formula)
     _check_columns(parsed, data, formula)
     y = _response(data, parsed.response)
-    names, X = design_columns(data, parsed.fixed, parsed.intercept, "fixed part")
+    names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False)
     if not names:
         raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
-    if len({t.factor for t in parsed.random}) > 1:  # crossed or nested factors: lme4's general algorithm
-        from .crossed import fit_crossed
-
-        return fit_crossed(formula, method, data, y, names, X, parsed.random)
-    factor = parsed.random[0].factor
-    codes, labels = grouping_factor(data, parsed.random[0])
-    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}") for t in parsed.random]
-    _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
+    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}", stack=False)
+              for t in parsed.random]
+    factor, codes, labels = None, None, None
+    if len({t.factor for t in parsed.random}) == 1:  # several factors: crossed.py checks term by term
+        factor = parsed.random[0].factor
+        codes, labels = grouping_factor(data, parsed.random[0])
+        _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
     if len(names) + len(parsed.random) + 1 > len(y):
-        raise ValueError(f"more parameters than observations ({len(y)})")
-    _check_rank_dense(X, names)
-    if len(parsed.random) == 1 and parsed.random[0].terms == () and parsed.random[0].intercept:
-        return _from_fit_lmm(fit_lmm(y, X, codes, method, names=names), formula, factor, labels)
-    return _fit_blocks(formula, method, y, names, X, blocks, parsed.random, codes, labels)
+        raise ValueError(f"formula {formula!r}: more parameters than observations ({len(y)})")
+    return _Model(formula=formula, y=y, names=names, x_cols=x_cols, znames=[list(b[0]) for b in blocks],
+                  z_cols=[b[1] for b in blocks], terms=parsed.random, factor=factor, codes=codes, labels=labels)
+
+
+def _check_rank(sums: BlockSums, names: list) -> None:
+    """Refuse a rank-deficient X, from ``X^T X`` in the block sums (no pass over the data).
+
+    With an intercept column the other columns are centred first (``X_c^T X_c = X^T X - s s^T / n``, s the column
+    sums), so a covariate far from 0 does not look collinear with the intercept; a column that centring leaves
+    with less than 1e-7 of its length (R's ``lm`` tolerance) is a multiple of the intercept.
+    """
+    p, n = sums.p, sums.n
+    xtx = sums.wtw[:p, :p].copy()
+    if "(Intercept)" in names:
+        k = names.index("(Intercept)")
+        s = xtx[k].copy()
+        raw = np.diag(xtx).copy()
+        xtx -= np.outer(s, s) / n
+        xtx[k, :] = xtx[:, k] = 0.0
+        xtx[k, k] = n
+        for j in np.flatnonzero(np.diag(xtx) <= 1e-14 * raw):
+            raise ValueError(f"X is rank-deficient: column {names[j]!r} is constant, a multiple of the "
+                             "intercept column '(Intercept)'")
+    check_rank(xtx, names)
+
+
+def lmm_criterion(formula: str, data: pd.DataFrame, theta, method: str = "ML") -> float:
+    """lme4's profiled deviance (ML) or REML criterion of a model at a given theta (``devfun(theta)`` in lme4).
+
+    Parameters
+    ----------
+    formula, data
+        As for :func:`lmm`.
+    theta : array-like
+        lme4's theta (``getME(fit, "theta")``), one entry per element of the relative covariance factor.
+    method : {"ML", "REML"}
+    """
+    _check_method(method)
+    model = _build(formula, data)
+    theta = np.asarray(theta, dtype=float)
+    if model.crossed:
+        from .crossed import crossed_criterion
+
+        return crossed_criterion(model, data, theta, method)
+    if theta.shape != model.index[0].shape:
+        raise ValueError(f"theta has {theta.size} entries; {formula!r} has {model.index[0].size}")
+    return evaluate(theta, model.sums, model.index, method).deviance
 
 
 def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, formula: str) -> None:
@@ -290,7 +399,7 @@ def _check_levels(terms: tuple, sizes: list, n_levels: int, n: int) -> None:
 def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
     """The LMMFit of a ``(1 | g)`` model fitted by :func:`fit_lmm` (lme4's theta is sigma_s / sigma)."""
     theta = np.array([np.sqrt(fit.theta)])
-    varcorr = _varcorr([np.array([[fit.sigma_s**2]])], [["(Intercept)"]], [factor], fit.sigma, [False])
+    varcorr = _varcorr([np.array([[fit.sigma_s**2]])], [["(Intercept)"]], [factor], fit.sigma)
     ranef = pd.DataFrame({"(Intercept)": fit.random_effects.to_numpy()}, index=labels)
     return LMMFit(formula=formula, method=fit.method, names=list(fit.names), beta=fit.beta, vcov=fit.vcov,
                   sigma=fit.sigma, loglik=fit.loglik, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
@@ -308,7 +417,7 @@ def _warn_fit(converged: bool, singular: bool) -> bool:
     return converged
 
 
-def _varcorr(covs: list, znames: list, groups: list, sigma: float, _unused: list) -> pd.DataFrame:
+def _varcorr(covs: list, znames: list, groups: list, sigma: float) -> pd.DataFrame:
     """R's ``as.data.frame(VarCorr(fit))``: each block's variances, then its covariances; the residual last."""
     rows = []
     for cov, names, grp in zip(covs, znames, groups):
@@ -327,23 +436,20 @@ def _varcorr(covs: list, znames: list, groups: list, sigma: float, _unused: list
 
 
 # ---------------------------------------------------------------------------- random slopes: q x q blocks
-def _fit_blocks(formula, method, y, names, X, blocks, terms, codes, labels) -> LMMFit:
-    n, p = X.shape
-    factor = terms[0].factor
-    # The distinct columns of [X, y] and Z (a column's name fixes its values), for one pass of products.
-    cols, where = [], {}
-    for nm, col in [*zip(names, X.T), *((nm, c) for bn, bz in blocks for nm, c in zip(bn, bz.T)), ("\0y", y)]:
-        if nm not in where:
-            where[nm] = len(cols)
-            cols.append(np.ascontiguousarray(col))
-    U = np.column_stack(cols)
-    znames = [list(bn) for bn, _ in blocks]
-    z_cols = [where[nm] for bn in znames for nm in bn]
-    w_cols = [where[nm] for nm in names] + [where["\0y"]]
-    sums = block_sums(U, z_cols, w_cols, codes, len(labels), ones=where.get("(Intercept)"))
+def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> LMMFit:
+    """Fit a model of one grouping factor with q x q blocks (:mod:`lmm_helpers.slopes`).
+
+    With ``theta`` given, no optimisation: the result at that theta (the tests hold it against R at R's theta).
+    """
+    y, names, codes, labels, factor = model.y, model.names, model.codes, model.labels, model.factor
+    n, p = len(y), len(names)
+    sums, index, znames = model.sums, model.index, model.znames
+    _check_rank(sums, names)
     sizes = [len(bn) for bn in znames]
-    index = lambda_index(sizes)
-    theta, converged = _optimise(sums, index, method)
+    if theta is None:
+        theta, converged = _optimise(sums, index, method)
+    else:
+        theta, converged = np.asarray(theta, dtype=float), True
     ev = evaluate(theta, sums, index, method)
     m = n if method == "ML" else n - p
     sigma2 = ev.r2 / m
@@ -352,28 +458,28 @@ def _fit_blocks(formula, method, y, names, X, blocks, terms, codes, labels) -> L
     vcov = sigma2 * (RXi.T @ RXi)
     b = ev.Lam @ ev.u  # (q, G): conditional modes in the data's units
     singular = bool(np.any(theta[index[0] == index[1]] < _SINGULAR_TOL))
-    groups = _block_groups(factor, len(blocks))
+    groups = _block_groups(factor, len(znames))
     covs, start = [], 0
     for k in sizes:
         Lb = ev.Lam[start:start + k, start:start + k]
         covs.append(sigma2 * (Lb @ Lb.T))
         start += k
-    varcorr = _varcorr(covs, znames, groups, sigma, [])
+    varcorr = _varcorr(covs, znames, groups, sigma)
     flat = [nm for bn in znames for nm in bn]
     ranef = pd.DataFrame(b.T, index=labels, columns=flat)
     ranef = ranef.loc[:, ~ranef.columns.duplicated()]
-    Zcols = [U[:, c] for c in z_cols]
+    Zcols = [z for zc in model.z_cols for z in zc]
 
     def resid() -> np.ndarray:
-        fitted = X @ ev.beta
+        fitted = sum(bj * x for bj, x in zip(ev.beta, model.x_cols))
         for j, z in enumerate(Zcols):
-            fitted += z * b[j][codes]
+            fitted = fitted + z * b[j][codes]
         return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
 
-    return LMMFit(formula=formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
+    return LMMFit(formula=model.formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
                   converged=_warn_fit(converged, singular), singular=singular, n_obs=n,
-                  n_groups={factor: len(labels)}, terms=tuple(t.text for t in terms),
+                  n_groups={factor: len(labels)}, terms=tuple(t.text for t in model.terms),
                   _df=lambda: satterthwaite(sums, index, method, theta, sigma), _resid=resid)
 
 
@@ -388,9 +494,10 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
     First without bounds: a Lambda with a negative diagonal entry is as good a factor (flip the signs of that
     column and Lambda Lambda^T is unchanged), and an optimiser that may pass through 0 is not caught at a boundary
     it met on the way (with bounds from the start, ``0 + Days + (Days | Subject)`` stopped at a correlation of 1,
-    9 log-likelihood units below lme4). Then the columns are flipped to lme4's signs and a bounded run settles a
-    boundary optimum exactly at 0; Newton steps with a finite-difference Hessian of the analytic gradient polish
-    and check the optimum (converged: a last step below 1e-6 in every free entry, positive definite Hessian).
+    9 log-likelihood units below lme4). Then the columns are flipped to lme4's signs and, if a diagonal entry is
+    near 0, a bounded run settles a boundary optimum exactly at 0; Newton steps with a finite-difference Hessian of the analytic gradient polish
+    and check the optimum (converged: a positive definite Hessian in the free entries and a Newton step below
+    1e-4 of theta's scale).
     Both runs are L-BFGS-B with the analytic gradient.
     """
     rows, cols = index
@@ -403,43 +510,50 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
         return ev.deviance, ev.grad
 
     free_run = optimize.minimize(fun, np.where(diag, 1.0, 0.0), jac=True, method="L-BFGS-B", options=opts)
-    theta = free_run.x.copy()
+    theta, dev, grad = free_run.x.copy(), free_run.fun, free_run.jac
     for j in rows[diag][theta[diag] < 0]:
-        theta[cols == j] *= -1.0  # flip column j of Lambda
-    res = optimize.minimize(fun, theta, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
-    theta = np.where(diag, np.maximum(res.x, 0.0), res.x)
-    dev, grad = fun(theta)
+        theta[cols == j] *= -1.0  # flip column j of Lambda: the same Lambda Lambda^T, the same deviance
+    if np.any(theta[diag] < 1e-3 * max(1.0, np.max(np.abs(theta)))):  # near the boundary: settle it there
+        res = optimize.minimize(fun, theta, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        theta = np.where(diag, np.maximum(res.x, 0.0), res.x)
+        dev, grad = fun(theta)
+    else:
+        grad = fun(theta)[1]  # the gradient at the flipped point (flipping changes its signs)
     converged = False
     for _ in range(4):
         free = ~(diag & (theta <= 0.0) & (grad >= 0.0))
-        H = _grad_jacobian(lambda t: fun(t)[1], theta, free)
-        Hf = H[np.ix_(free, free)]
+        H = _grad_jacobian(lambda t: fun(t)[1], theta, grad, free)
         try:
-            C = np.linalg.cholesky(Hf)
-        except np.linalg.LinAlgError:
+            C = np.linalg.cholesky(H[np.ix_(free, free)])
+        except np.linalg.LinAlgError:  # not a minimum in the free directions
+            converged = False
             break
         step = np.linalg.solve(C.T, np.linalg.solve(C, grad[free]))
+        # lme4 checks the Newton step too (its "relative gradient", tolerance 2e-3); theta is on the scale of
+        # sigma, so 1e-4 of it is well inside what the data determine.
+        size = np.max(np.abs(step)) / max(1.0, np.max(np.abs(theta)))
+        converged = bool(size <= 1e-4)
         new = theta.copy()
         new[free] -= step
         new = np.where(diag, np.maximum(new, 0.0), new)
         dev_new, grad_new = fun(new)
-        if dev_new <= dev:
-            theta, dev, grad = new, dev_new, grad_new
-        if np.max(np.abs(step)) < 1e-6:
-            converged = True
+        if not dev_new < dev:  # within rounding of the optimum: keep the best point seen
+            break
+        theta, dev, grad = new, dev_new, grad_new
+        if size < 1e-7:  # the next step would be below rounding of the criterion
             break
     return theta, converged
 
 
-def _grad_jacobian(g: Callable, x: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Central-difference Jacobian of the gradient g at x (the Hessian), in the free coordinates."""
+def _grad_jacobian(g: Callable, x: np.ndarray, gx: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Forward-difference Jacobian of the gradient g at x (the Hessian), in the free coordinates; ``gx = g(x)``."""
     k = len(x)
     H = np.zeros((k, k))
     for i in np.flatnonzero(free):
-        h = 1e-5 * max(abs(x[i]), 1e-2)
+        h = 1e-6 * max(abs(x[i]), 1e-2)
         e = np.zeros(k)
         e[i] = h
-        H[:, i] = (g(x + e) - g(x - e)) / (2 * h)
+        H[:, i] = (g(x + e) - gx) / h
     return 0.5 * (H + H.T)
 
 
@@ -470,22 +584,18 @@ def satterthwaite(sums: BlockSums, index, method: str, theta: np.ndarray, sigma:
     m = n if method == "ML" else n - p
     s2 = sigma**2
 
-    def grad_theta(t):
+    def derivs(t):  # the theta-gradient of the deviance at fixed sigma, and vcov(beta) at fixed sigma
         ev = evaluate(t, sums, index, method, gradient=True)
         g_ld, g_r2, g_rx = ev.parts
-        return np.concatenate([g_ld + g_r2 / s2 + (g_rx if method == "REML" else 0.0)])
-
-    def vcov_theta(t):
-        ev = evaluate(t, sums, index, method)
         RXi = np.linalg.solve(ev.RX, np.eye(p))
-        return (s2 * (RXi.T @ RXi)).ravel()
+        grad = g_ld + g_r2 / s2 + (g_rx if method == "REML" else 0.0)
+        return np.concatenate([grad, np.diag(s2 * (RXi.T @ RXi))])
 
     k = len(theta)
     ev = evaluate(theta, sums, index, method, gradient=True)
+    d = np.array([_richardson(derivs, theta, i) for i in range(k)])  # (k, k + p): one set of evaluations
     H = np.empty((k + 1, k + 1))
-    for i in range(k):
-        H[:k, i] = _richardson(grad_theta, theta, i)
-    H[:k, :k] = 0.5 * (H[:k, :k] + H[:k, :k].T)
+    H[:k, :k] = 0.5 * (d[:, :k] + d[:, :k].T)
     H[:k, k] = H[k, :k] = -2.0 * ev.parts[1] / sigma**3
     H[k, k] = 6.0 * ev.r2 / sigma**4 - 2.0 * m / s2
     evals, evecs = np.linalg.eigh(H)
@@ -493,9 +603,6 @@ def satterthwaite(sums: BlockSums, index, method: str, theta: np.ndarray, sigma:
     A = 2.0 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
     RXi = np.linalg.solve(ev.RX, np.eye(p))
     Vb = RXi.T @ RXi
-    jac = np.empty((k + 1, p))
-    for i in range(k):
-        jac[i] = np.diag(_richardson(vcov_theta, theta, i).reshape(p, p))
-    jac[k] = 2.0 * sigma * np.diag(Vb)
+    jac = np.vstack([d[:, k:], 2.0 * sigma * np.diag(Vb)])  # d var(beta_j) / d(theta, sigma)
     var = s2 * np.diag(Vb)
     return 2.0 * var**2 / np.einsum("ij,ik,kj->j", jac, A, jac)

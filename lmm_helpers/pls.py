@@ -113,8 +113,8 @@ def pls_problem(terms: list, X: np.ndarray, y: np.ndarray) -> PLSProblem:
     W = np.column_stack([X, y])
     first, rest = terms[0], terms[1:]
     q1, m1 = first.q, first.n_levels
-    U = np.column_stack([first.Z, W])
-    sums1 = block_sums(U, list(range(q1)), list(range(q1, q1 + p + 1)), first.codes, m1)
+    cols = [first.Z[:, j] for j in range(q1)] + [W[:, j] for j in range(p + 1)]
+    sums1 = block_sums(cols, list(range(q1)), list(range(q1, q1 + p + 1)), first.codes, m1)
     r = sum(t.q * t.n_levels for t in rest)
     if r > MAX_DENSE:
         raise ValueError(f"terms: {r} random effects outside the largest grouping factor; the dense block holds "

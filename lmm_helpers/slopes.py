@@ -62,42 +62,37 @@ class BlockSums:
         return self.ztz.shape[2]
 
 
-def block_sums(U: np.ndarray, z_cols: list, w_cols: list, codes: np.ndarray, n_groups: int,
+def block_sums(cols: list, z_cols: list, w_cols: list, codes: np.ndarray, n_groups: int,
                ones: int | None = None) -> BlockSums:
     """One O(n) pass: per-group ``Z_g^T Z_g`` and ``Z_g^T [X_g y_g]``, and ``[X y]^T [X y]``.
 
     Z and ``W = [X, y]`` usually share columns (the intercept, a covariate with a random slope), so both are given
-    as indices into one matrix of distinct columns, and each distinct product is summed once, by ``np.bincount``
+    as indices into one list of distinct columns, and each distinct product is summed once, by ``np.bincount``
     (no sort: the rows may come in any order).
 
     Parameters
     ----------
-    U : ndarray (n, k)
-        The distinct columns.
+    cols : list of ndarray (n,)
+        The distinct columns, each contiguous.
     z_cols, w_cols : list of int
-        The columns of Z (q) and of ``[X, y]`` (p + 1) in U.
+        The columns of Z (q) and of ``[X, y]`` (p + 1) in ``cols``.
     codes : ndarray of int (n,)
         Group of each row, ``0 .. n_groups - 1``.
     n_groups : int
     ones : int, optional
-        The index in U of a column of ones (its products need no multiplication).
+        The index in ``cols`` of a column of ones (its products need no multiplication).
     """
     cache: dict = {}
-    counts = None
 
     def gsum(a: int, b: int) -> np.ndarray:
-        nonlocal counts
         key = (min(a, b), max(a, b))
         if key not in cache:
             if a == ones and b == ones:
-                if counts is None:
-                    counts = np.bincount(codes, minlength=n_groups).astype(float)
-                cache[key] = counts
+                cache[key] = np.bincount(codes, minlength=n_groups).astype(float)
             elif a == ones or b == ones:
-                other = b if a == ones else a
-                cache[key] = np.bincount(codes, weights=U[:, other], minlength=n_groups)
+                cache[key] = np.bincount(codes, weights=cols[b if a == ones else a], minlength=n_groups)
             else:
-                cache[key] = np.bincount(codes, weights=U[:, a] * U[:, b], minlength=n_groups)
+                cache[key] = np.bincount(codes, weights=cols[a] * cols[b], minlength=n_groups)
         return cache[key]
 
     q, m = len(z_cols), len(w_cols)
@@ -109,8 +104,18 @@ def block_sums(U: np.ndarray, z_cols: list, w_cols: list, codes: np.ndarray, n_g
     for i in range(q):
         for k in range(m):
             ztw[i, k] = gsum(z_cols[i], w_cols[k])
-    W = U[:, w_cols]
-    return BlockSums(ztz=ztz, ztw=ztw, wtw=W.T @ W, n=int(U.shape[0]))
+    wtw = np.empty((m, m))
+    for i in range(m):
+        for k in range(i, m):
+            a, b = w_cols[i], w_cols[k]
+            if a == ones and b == ones:
+                wtw[i, k] = float(len(codes))
+            elif a == ones or b == ones:
+                wtw[i, k] = float(np.sum(cols[b if a == ones else a]))
+            else:
+                wtw[i, k] = float(np.dot(cols[a], cols[b]))
+            wtw[k, i] = wtw[i, k]
+    return BlockSums(ztz=ztz, ztw=ztw, wtw=wtw, n=int(len(codes)))
 
 
 def lambda_index(block_sizes: list) -> tuple[np.ndarray, np.ndarray]:
@@ -132,9 +137,72 @@ def lambda_index(block_sizes: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------ small matrices over all groups at once
+# Arrays of shape (a, b, G) hold one a x b matrix per group. Products of a shared q x q matrix with all groups'
+# matrices are single BLAS calls on a reshaped view (np.kron for the two-sided Lambda^T S_g Lambda); products of
+# two per-group matrices are O(q^3) vectorised operations over G, which beats einsum's generic loops here.
 def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``A_g @ B_g`` for every group; arrays (a, b, G) and (b, c, G)."""
-    return np.einsum("ijg,jkg->ikg", A, B)
+    out = np.empty((A.shape[0], B.shape[1], A.shape[2]))
+    for i in range(A.shape[0]):
+        for k in range(B.shape[1]):
+            acc = A[i, 0] * B[0, k]
+            for j in range(1, A.shape[1]):
+                acc += A[i, j] * B[j, k]
+            out[i, k] = acc
+    return out
+
+
+def _sandwich(Lam: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """``Lam S_g Lam^T`` for every group in one BLAS call: vec(Lam S Lam^T) = (Lam kron Lam) vec(S)."""
+    q, G = S.shape[0], S.shape[2]
+    return (np.kron(Lam, Lam) @ S.reshape(q * q, G)).reshape(Lam.shape[0], Lam.shape[0], G)
+
+
+def _sum_mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``sum_g A_g @ B_g``, arrays (a, b, G) and (b, c, G): a b c dot products of length G (BLAS, no copies;
+    a reshaped GEMM with G as its inner dimension measured 3-4 times slower)."""
+    out = np.zeros((A.shape[0], B.shape[1]))
+    for i in range(A.shape[0]):
+        for k in range(B.shape[1]):
+            out[i, k] = sum(np.dot(A[i, j], B[j, k]) for j in range(A.shape[1]))
+    return out
+
+
+def _gram(C: np.ndarray) -> np.ndarray:
+    """``sum_g C_g^T C_g`` for C (q, m, G): the symmetric m x m matrix from dot products of length G."""
+    m = C.shape[1]
+    out = np.empty((m, m))
+    for a in range(m):
+        for b in range(a, m):
+            out[a, b] = out[b, a] = sum(np.dot(C[i, a], C[i, b]) for i in range(C.shape[0]))
+    return out
+
+
+def _tri_inv(L: np.ndarray) -> np.ndarray:
+    """``L_g^-1`` for lower-triangular L (q, q, G), column by column."""
+    q = L.shape[0]
+    Li = np.zeros_like(L)
+    for j in range(q):
+        Li[j, j] = 1.0 / L[j, j]
+        for i in range(j + 1, q):
+            acc = L[i, j] * Li[j, j]
+            for k in range(j + 1, i):
+                acc += L[i, k] * Li[k, j]
+            Li[i, j] = -acc / L[i, i]
+    return Li
+
+
+def _crossprod_tri(Li: np.ndarray) -> np.ndarray:
+    """``Li_g^T Li_g`` for lower-triangular Li (q, q, G): ``A_g^-1`` from ``L_g^-1``."""
+    q = Li.shape[0]
+    out = np.empty_like(Li)
+    for i in range(q):
+        for k in range(i, q):
+            acc = Li[k, i] * Li[k, k]
+            for j in range(k + 1, q):
+                acc += Li[j, i] * Li[j, k]
+            out[i, k] = out[k, i] = acc
+    return out
 
 
 def _chol(A: np.ndarray) -> np.ndarray:
@@ -142,10 +210,15 @@ def _chol(A: np.ndarray) -> np.ndarray:
     q = A.shape[0]
     L = np.zeros_like(A)
     for j in range(q):
-        d = A[j, j] - np.sum(L[j, :j] ** 2, axis=0)
+        d = A[j, j].copy()
+        for k in range(j):
+            d -= L[j, k] ** 2
         L[j, j] = np.sqrt(d)
         for i in range(j + 1, q):
-            L[i, j] = (A[i, j] - np.sum(L[i, :j] * L[j, :j], axis=0)) / L[j, j]
+            acc = A[i, j].copy()
+            for k in range(j):
+                acc -= L[i, k] * L[j, k]
+            L[i, j] = acc / L[j, j]
     return L
 
 
@@ -222,23 +295,24 @@ def evaluate(theta: np.ndarray, sums: BlockSums, index: tuple[np.ndarray, np.nda
     optimal); ``d log|R_X|^2 = -2 sum_g (I - S_g F_g)(P_g G^-1 P_g^T) Lambda A_g^-1`` with ``F_g = Lambda A_g^-1
     Lambda^T``, ``P_g = Z_g^T X_g``, ``G = R_X R_X^T``.
     """
-    q, p, n = sums.q, sums.p, sums.n
+    q, p, n, G = sums.q, sums.p, sums.n, sums.n_groups
+    m_cols = p + 1
     Lam = np.zeros((q, q))
     Lam[index] = theta
-    T = np.tensordot(Lam.T, sums.ztz, axes=(1, 0))                   # Lambda^T S_g       (q, q, G)
-    A = np.tensordot(T, Lam, axes=(1, 0)).transpose(0, 2, 1)          # Lambda^T S_g Lambda
-    A[np.arange(q), np.arange(q)] += 1.0
+    dq = np.arange(q)
+    A = _sandwich(Lam.T, sums.ztz)                                       # Lambda^T S_g Lambda
+    A[dq, dq] += 1.0
     L = _chol(A)
-    B = np.tensordot(Lam.T, sums.ztw, axes=(1, 0))                   # Lambda^T Z_g^T [X y] (q, p+1, G)
+    B = (Lam.T @ sums.ztw.reshape(q, m_cols * G)).reshape(q, m_cols, G)  # Lambda^T Z_g^T [X y]
     C = _forward(L, B)
-    M = sums.wtw - sum(C[i] @ C[i].T for i in range(q))
+    M = sums.wtw - _gram(C)
     R = np.linalg.cholesky(M)
     RX = R[:p, :p]
     r2 = float(R[p, p] ** 2)
-    ldL2 = 2.0 * float(np.sum(np.log(L[np.arange(q), np.arange(q)])))
+    ldL2 = 2.0 * float(np.sum(np.log(L[dq, dq])))
     ldRX2 = 2.0 * float(np.sum(np.log(np.diag(RX))))
     beta = np.linalg.solve(RX.T, R[p, :p])
-    u = _backward(L, C[:, p] - np.einsum("ipg,p->ig", C[:, :p], beta))
+    u = _backward(L, C[:, p] - np.matmul(beta, C[:, :p]))
     m = n if method == "ML" else n - p
     deviance = ldL2 + m * (1.0 + np.log(2.0 * np.pi * r2 / m))
     if method == "REML":
@@ -246,20 +320,25 @@ def evaluate(theta: np.ndarray, sums: BlockSums, index: tuple[np.ndarray, np.nda
     grad = parts = None
     if gradient:
         rows, cols = index
-        Li = _forward(L, np.broadcast_to(np.eye(q)[:, :, None], A.shape).copy())  # L_g^-1
-        Ainv = _mm(Li.transpose(1, 0, 2), Li)
-        LamAinv = np.tensordot(Lam, Ainv, axes=(1, 0))                # Lambda A_g^-1 (q, q, G)
-        g_ld = 2.0 * np.einsum("ijg,jkg->ik", sums.ztz, LamAinv)
+        Ainv = _crossprod_tri(_tri_inv(L))                               # A_g^-1 = L_g^-T L_g^-1
+        LamAinv = (Lam @ Ainv.reshape(q, q * G)).reshape(q, q, G)          # Lambda A_g^-1
+        g_ld = 2.0 * _sum_mm(sums.ztz, LamAinv)
         P = sums.ztw[:, :p]
-        resid_z = sums.ztw[:, p] - np.einsum("ipg,p->ig", P, beta)  # Z_g^T (y_g - X_g beta)
-        v = resid_z - np.einsum("ijg,jg->ig", sums.ztz, np.tensordot(Lam, u, axes=(1, 0)))
-        g_r2 = -2.0 * (v @ u.T)
-        Ginv = np.linalg.solve(RX.T, np.linalg.solve(RX, np.eye(p)))
-        PGP = np.einsum("iag,ab,jbg->ijg", P, Ginv, P)
-        F = np.tensordot(LamAinv, Lam.T, axes=(1, 0)).transpose(0, 2, 1)  # Lambda A^-1 Lambda^T
-        K = -_mm(sums.ztz, F)
-        K[np.arange(q), np.arange(q)] += 1.0                           # I - S_g F_g
-        g_rx = -2.0 * np.einsum("ijg,jkg->ik", _mm(K, PGP), LamAinv)
+        resid_z = sums.ztw[:, p] - np.matmul(beta, P)                    # Z_g^T (y_g - X_g beta)
+        Lu = Lam @ u
+        v = resid_z - np.stack([sum(sums.ztz[i, j] * Lu[j] for j in range(q)) for i in range(q)])
+        g_r2 = -2.0 * np.array([[np.dot(v[i], u[j]) for j in range(q)] for i in range(q)])
+        g_rx = np.zeros((q, q))
+        if method == "REML":
+            Ginv = np.linalg.solve(RX.T, np.linalg.solve(RX, np.eye(p)))
+            PG = np.matmul(Ginv, P)                                       # G^-1 P_g^T, per group (q, p, G)
+            PGP = np.empty((q, q, G))
+            for i in range(q):
+                for j in range(i, q):
+                    PGP[i, j] = PGP[j, i] = np.sum(PG[i] * P[j], axis=0)
+            K = -_mm(sums.ztz, _sandwich(Lam, Ainv))                      # I - S_g Lambda A_g^-1 Lambda^T
+            K[dq, dq] += 1.0
+            g_rx = -2.0 * _sum_mm(_mm(K, PGP), LamAinv)
         parts = (g_ld[rows, cols], g_r2[rows, cols], g_rx[rows, cols])
         grad = parts[0] + (m / r2) * parts[1] + (parts[2] if method == "REML" else 0.0)
     return Evaluation(theta=np.asarray(theta, float), deviance=float(deviance), ldL2=ldL2, r2=r2, RX=RX,

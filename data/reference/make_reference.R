@@ -327,6 +327,19 @@ oxboys <- data.frame(height = Oxboys$height, age = Oxboys$age, Subject = as.char
 write_data(oxboys, "oxboys")
 fit_lmm_models("oxboys", "slopes", height ~ age + (age | Subject), oxboys, "oxboys")
 fit_lmm_models("oxboys", "uncorr", height ~ age + (1 | Subject) + (0 + age | Subject), oxboys, "oxboys")
+# A boundary fit with slopes: the first days of ChickWeight (Time <= 4) put the intercept-slope correlation at +1.
+chickweight_early <- subset(chickweight, Time <= 4)
+fit_lmm_models("chickweight", "early", weight ~ Time + (Time | Chick), chickweight_early, "chickweight_early")
+
+# R's model.matrix for fixed parts lmm() must name and code as R does: each column's name and its sum.
+for (fm in c("distance ~ age * Sex", "distance ~ 0 + Sex + age:Sex", "distance ~ Sex - 1", "distance ~ age:Sex")) {
+  mm <- model.matrix(as.formula(fm), orthodont)
+  emit("orthodont", "model_matrix", "colsum", paste(fm, colnames(mm), sep = "|"), colSums(mm))
+}
+for (fm in c("weight ~ Diet * Time", "weight ~ Time:Diet", "weight ~ Diet + Time:Diet", "weight ~ 0 + Diet")) {
+  mm <- model.matrix(as.formula(fm), chickweight)
+  emit("chickweight", "model_matrix", "colsum", paste(fm, colnames(mm), sep = "|"), colSums(mm))
+}
 # ---- end of random slopes ------------------------------------------------------------------------------------
 # =============================================================================================================
 
