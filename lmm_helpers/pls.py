@@ -71,7 +71,7 @@ class PLSProblem:
     A22: np.ndarray       # Z2^T Z2 (r, r), lower triangle used
     Z2W: np.ndarray       # Z2^T [X y] (r, p+1)
     A21: sparse.csr_array  # Z2^T Z1 (r, m1 q1), columns level-major
-    K: sparse.csr_array   # (r*r, m1 q1 q1): vec(lower(Z2^T Z1 D Z1^T Z2)) = K vec(D)
+    K: sparse.csc_array   # (r*r, m1 q1 q1): vec(lower(Z2^T Z1 D Z1^T Z2)) = K vec(D)
     lam_rows: np.ndarray  # where theta's entries (lam_tidx) go in Lambda2
     lam_cols: np.ndarray
     lam_tidx: np.ndarray
@@ -129,23 +129,7 @@ def pls_problem(terms: list, X: np.ndarray, y: np.ndarray) -> PLSProblem:
     else:
         A22, Z2W = np.zeros((0, 0)), np.zeros((0, p + 1))
         A21 = sparse.csr_array((0, m1 * q1))
-    # K: for each level g of the first term, every pair of nonzeros (i, a), (j, b) of its columns in A21 with i >= j
-    # adds A21[i, (g, a)] A21[j, (g, b)] D_g[a, b] to entry (i, j).
-    coo = A21.tocoo()
-    order = np.argsort(coo.col // q1, kind="stable")
-    row, col, val = coo.row[order].astype(np.int64), coo.col[order], coo.data[order]
-    grp = col // q1
-    cnt = np.bincount(grp, minlength=m1)
-    start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
-    rep = cnt[grp]
-    first_e = np.repeat(np.arange(len(row)), rep)
-    k = np.arange(len(first_e)) - np.repeat(np.cumsum(rep) - rep, rep)
-    second_e = start[grp[first_e]] + k
-    keep = row[first_e] >= row[second_e]
-    e1, e2 = first_e[keep], second_e[keep]
-    pos = row[e1] * r + row[e2]
-    didx = grp[e1] * q1 * q1 + (col[e1] % q1) * q1 + (col[e2] % q1)
-    K = sparse.csr_array((val[e1] * val[e2], (pos, didx)), shape=(r * r, m1 * q1 * q1))
+    K = _schur_coefficients(A21, r, m1, q1)
     # Lambda2: each later term's template repeated over its levels; theta's entries follow the first term's.
     rows, cols, tidx = [], [], []
     t_off, col_off = first.q * (first.q + 1) // 2, 0
@@ -164,6 +148,44 @@ def pls_problem(terms: list, X: np.ndarray, y: np.ndarray) -> PLSProblem:
                       sums1=sums1, r=r, A22=A22, Z2W=Z2W, A21=A21, K=K, lam_rows=lam_rows, lam_cols=lam_cols,
                       lam_tidx=lam_tidx, lam_diag=bool(np.all(lam_rows == lam_cols)),
                       n_theta1=q1 * (q1 + 1) // 2)
+
+
+def _schur_coefficients(A21: sparse.csr_array, r: int, m1: int, q1: int) -> sparse.csc_array:
+    """K with ``vec(lower(A21 blockdiag(D_g) A21^T)) = K vec(D)``, ``vec(D)`` level-major (g, a, b), row-major pos.
+
+    For each level g of the first term, every pair of nonzeros (i, a), (j, b) of its columns with i >= j adds
+    ``A21[i, (g, a)] A21[j, (g, b)] D_g[a, b]`` to entry (i, j). The pairs are enumerated level by level, which is
+    the column order of K (D_g's entries are consecutive), so K is assembled in compressed-column form without a
+    sort when q_1 = 1; for q_1 > 1 scipy sorts the columns.
+    """
+    Ac = sparse.csc_array(A21)
+    Ac.sort_indices()
+    row = Ac.indices.astype(np.int64)
+    col = np.repeat(np.arange(m1 * q1), np.diff(Ac.indptr))
+    val = Ac.data
+    if q1 == 1:
+        # Rows ascend within each level: entry k of a level pairs with entries 0..k of the same level (i >= j).
+        start = Ac.indptr[:-1]
+        k_local = np.arange(len(row)) - np.repeat(start, np.diff(Ac.indptr))
+        rep = k_local + 1
+        e1 = np.repeat(np.arange(len(row)), rep)
+        e2 = e1 - k_local[e1] + (np.arange(len(e1)) - np.repeat(np.cumsum(rep) - rep, rep))
+        cnt = np.diff(Ac.indptr)
+        indptr = np.concatenate([[0], np.cumsum(cnt * (cnt + 1) // 2)])
+        return sparse.csc_array((val[e1] * val[e2], row[e1] * r + row[e2], indptr), shape=(r * r, m1))
+    grp = col // q1
+    order = np.argsort(grp, kind="stable")
+    row, col, val, grp = row[order], col[order], val[order], grp[order]
+    cnt = np.bincount(grp, minlength=m1)
+    start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+    rep = cnt[grp]
+    first_e = np.repeat(np.arange(len(row)), rep)
+    k = np.arange(len(first_e)) - np.repeat(np.cumsum(rep) - rep, rep)
+    second_e = start[grp[first_e]] + k
+    keep = row[first_e] >= row[second_e]
+    e1, e2 = first_e[keep], second_e[keep]
+    didx = grp[e1] * q1 * q1 + (col[e1] % q1) * q1 + (col[e2] % q1)
+    return sparse.csc_array((val[e1] * val[e2], (row[e1] * r + row[e2], didx)), shape=(r * r, m1 * q1 * q1))
 
 
 @dataclass(frozen=True)
