@@ -124,14 +124,22 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
 
 
 def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
-    """Minimise the profiled criterion over theta within lme4's bounds, from lme4's start."""
+    """Minimise the profiled criterion over theta within lme4's bounds, from lme4's start, by L-BFGS-B.
+
+    With scalar terms only (``(1 | a) + (1 | b) ...``) the gradient is analytic (:func:`lmm_helpers.pls._gradient`);
+    otherwise scipy's finite differences.
+    """
     start, bounds = theta_bounds(sizes)
-
-    def fun(t):
-        return pls_evaluate(t, prob, method).deviance
-
     opts = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000}
-    res = optimize.minimize(fun, start, method="L-BFGS-B", bounds=bounds, options=opts)
+    if all(q == 1 for q in sizes):
+        def fun(t):
+            ev = pls_evaluate(t, prob, method, gradient=True)
+            return ev.deviance, ev.grad
+
+        res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+    else:
+        res = optimize.minimize(lambda t: pls_evaluate(t, prob, method).deviance, start, method="L-BFGS-B",
+                                bounds=bounds, options=opts)
     return res.x, bool(res.success)
 
 

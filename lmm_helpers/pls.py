@@ -210,6 +210,7 @@ class PLSEvaluation:
     U2: np.ndarray | None
     C2: np.ndarray
     lam2: object
+    grad: np.ndarray | None = None
 
 
 def _lambda2(theta: np.ndarray, prob: PLSProblem):
@@ -220,7 +221,7 @@ def _lambda2(theta: np.ndarray, prob: PLSProblem):
     return sparse.csr_array((vals, (prob.lam_rows, prob.lam_cols)), shape=(prob.r, prob.r))
 
 
-def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str) -> PLSEvaluation:
+def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: bool = False) -> PLSEvaluation:
     """The profiled deviance (ML) or REML criterion at ``theta`` (lme4's order and meaning of theta).
 
     Parameters
@@ -229,6 +230,8 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str) -> PLSEvaluat
         Each term's template, its lower triangle by columns, terms in lme4's order.
     prob : PLSProblem
     method : {"ML", "REML"}
+    gradient : bool
+        Also the analytic gradient in theta (:func:`_gradient`; only when every term is scalar, else None).
 
     Returns
     -------
@@ -252,6 +255,7 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str) -> PLSEvaluat
         Dvec = D
         DZW_flat = DZW.T                                               # (m1, p+1)
     else:
+        a = None
         T = np.tensordot(Lam1.T, s1.ztz, axes=(1, 0))
         A = np.tensordot(T, Lam1, axes=(1, 0)).transpose(0, 2, 1)
         A[np.arange(q1), np.arange(q1)] += 1.0
@@ -303,8 +307,90 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str) -> PLSEvaluat
     deviance = ldL2 + m * (1.0 + np.log(2.0 * np.pi * r2 / m))
     if method == "REML":
         deviance += ldRX2
-    return PLSEvaluation(theta=theta, deviance=float(deviance), ldL2=ldL2, ldRX2=ldRX2, r2=r2, RX=RX, beta=beta,
-                         Lam1=Lam1, L1=L1, C1=C1, U2=U2, C2=C2, lam2=lam2)
+    ev = PLSEvaluation(theta=theta, deviance=float(deviance), ldL2=ldL2, ldRX2=ldRX2, r2=r2, RX=RX, beta=beta,
+                       Lam1=Lam1, L1=L1, C1=C1, U2=U2, C2=C2, lam2=lam2)
+    if gradient and all(q == 1 for q in prob.sizes):
+        from dataclasses import replace
+
+        ev = replace(ev, grad=_gradient(ev, prob, method, a))
+    return ev
+
+
+def _solve_LT(ev: PLSEvaluation, prob: PLSProblem, V1: np.ndarray, V2: np.ndarray) -> tuple:
+    """Solve ``L^T U = V`` blockwise: ``U2 = L22^-T V2``, then ``U1 = L11^-T (V1 - L11^-1 Lam1^T Z1^T Z2 Lam2 U2)``.
+
+    V1 is (q1, k, m1) and V2 (r, k); returns U1 (q1, k, m1) and ``Lam2 U2`` (r, k).
+    """
+    q1, m1 = prob.sizes[0], prob.levels[0]
+    k = V1.shape[1]
+    LU2 = np.zeros((0, k))
+    if prob.r:
+        # L22^T is the upper triangle of the transposed view (the strict upper part of U2 is not cleaned)
+        U2 = linalg.solve_triangular(ev.U2.T, V2, lower=False, check_finite=False)
+        LU2 = ev.lam2[:, None] * U2 if prob.lam_diag else ev.lam2 @ U2
+        t = np.asarray(prob.A21.T @ LU2).reshape(m1, q1, k).transpose(1, 2, 0)    # (q1, k, m1)
+        V1 = V1 - _forward(ev.L1, np.tensordot(ev.Lam1.T, t, axes=(1, 0)))
+    return _backward(ev.L1, V1), LU2
+
+
+def _gradient(ev: PLSEvaluation, prob: PLSProblem, method: str, a: np.ndarray) -> np.ndarray:
+    """The analytic gradient of the criterion when every term is scalar (``Lambda_k = theta_k I``).
+
+    With ``A = Lambda^T Z^T Z Lambda + I``, u the spherical modes and ``P = A^-1 Lambda^T Z^T X``, for theta_k > 0:
+
+        d log|L|^2 / d theta_k   = (2 / theta_k) (m_k - tr_k(A^-1))
+        d r^2 / d theta_k        = -(2 / theta_k) sum_k u_j^2            (envelope: u, beta optimal)
+        d log|R_X|^2 / d theta_k = -(2 / theta_k) || P_k R_X^-T ||_F^2
+
+    (``tr_k``, ``sum_k``, ``P_k``: the rows of term k). ``A^-1``'s dense block is ``S^-1`` (from the Cholesky factor
+    by ``dpotri``); the first term's trace adds ``sum_g 1 / a_g`` and ``<S^-1, Lam2 Z2^T Z1 A11^-2 Lam1^2 Z1^T Z2
+    Lam2>``, the latter through the same coefficients K. The criterion is even in each theta_k, so its derivative
+    at theta_k = 0 is 0.
+    """
+    p, n, r = prob.p, prob.n, prob.r
+    theta = ev.theta
+    U1, LU2 = _solve_LT(ev, prob, ev.C1, ev.C2)
+    coef = np.append(-ev.beta, 1.0)
+    u1 = U1[0].T @ coef                                   # (m1,) spherical modes of the first term
+    P1 = U1[0].T[:, :p]                                   # (m1, p)
+    lam = theta[0]
+    tr = [np.sum(1.0 / a)]
+    sq_u = [u1 @ u1]
+    RXi = linalg.solve_triangular(ev.RX, np.eye(p), lower=True, check_finite=False)   # RX^-1
+    sq_p = [np.sum((P1 @ RXi.T) ** 2)]
+    if r:
+        lam2 = ev.lam2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            U2 = np.where(lam2[:, None] != 0, LU2 / lam2[:, None], 0.0)
+        # S^-1 from the Cholesky factor of S (C order lower = F order upper of the transpose)
+        Sinv, _ = linalg.lapack.dpotri(np.array(ev.U2.T, order="F"), lower=0)
+        Sinv = Sinv.T                                      # C view: lower triangle valid
+        diag = np.diag(Sinv).copy()
+        # B = Lam2 (Z2^T Z1 diag(lam^2 / a^2) Z1^T Z2) Lam2: K fills its lower triangle, the upper stays 0, so
+        # <S^-1, B> over the symmetric matrices is twice the sum over all entries less the diagonal's.
+        B = (prob.K @ (lam * lam / a**2)).reshape(r, r)
+        B *= lam2[:, None]
+        B *= lam2[None, :]
+        tr[0] += float(2.0 * np.vdot(Sinv, B) - diag @ np.diag(B))
+        u2 = U2 @ coef
+        P2 = U2[:, :p]
+        off = 0
+        for m in prob.levels[1:]:
+            sl = slice(off, off + m)
+            tr.append(float(np.sum(diag[sl])))
+            sq_u.append(float(u2[sl] @ u2[sl]))
+            sq_p.append(float(np.sum((P2[sl] @ RXi.T) ** 2)))
+            off += m
+    levels = np.array(prob.levels, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(theta > 0, 2.0 / theta, 0.0)
+    d_ld = inv * (levels - np.array(tr))
+    d_r2 = -inv * np.array(sq_u)
+    m = n if method == "ML" else n - p
+    g = d_ld + (m / ev.r2) * d_r2
+    if method == "REML":
+        g = g - inv * np.array(sq_p)
+    return np.where(theta > 0, g, 0.0)
 
 
 def conditional_modes(ev: PLSEvaluation, prob: PLSProblem) -> list:
@@ -318,7 +404,7 @@ def conditional_modes(ev: PLSEvaluation, prob: PLSProblem) -> list:
     out = []
     if prob.r:
         v2 = ev.C2[:, p] - ev.C2[:, :p] @ ev.beta
-        u2 = linalg.solve_triangular(np.tril(ev.U2), v2, lower=True, trans="T", check_finite=False)
+        u2 = linalg.solve_triangular(ev.U2.T, v2, lower=False, check_finite=False)
         lu2 = ev.lam2 * u2 if prob.lam_diag else ev.lam2 @ u2
         t = (prob.A21.T @ lu2).reshape(m1, q1).T                          # Z1^T Z2 Lambda2 u2, (q1, m1)
         v1 = v1 - _forward(ev.L1, np.tensordot(ev.Lam1.T, t, axes=(1, 0)))
