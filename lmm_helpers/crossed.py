@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from scipy import optimize
+from threadpoolctl import threadpool_limits
 
 from .fit import _quantiles
 from .formula import grouping_factor
@@ -82,9 +83,13 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
     """
     formula, y, names, X = model.formula, model.y, model.names, model.X
     n, p = X.shape
-    built, sizes, prob = _problem(model, data)
-    theta, converged = _optimise(prob, sizes, method)
-    ev = pls_evaluate(theta, prob, method)
+    # One BLAS thread: the dense block (1156 square for InstEval) is where OpenBLAS's threads gain at most 2x on an
+    # idle 2-core machine but lose 10-20x when the cores are shared (InstEval: 160-200 s against 10-17 s at a load
+    # of 13 on 2 cores, measured here), as their spin-waits compete with other processes.
+    with threadpool_limits(limits=1, user_api="blas"):
+        built, sizes, prob = _problem(model, data)
+        theta, converged = _optimise(prob, sizes, method)
+        ev = pls_evaluate(theta, prob, method)
     m = n if method == "ML" else n - p
     sigma2 = ev.r2 / m
     sigma = float(np.sqrt(sigma2))
