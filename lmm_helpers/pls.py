@@ -23,7 +23,7 @@ dept:service 28), a 1156 x 1156 Cholesky.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import linalg, sparse
@@ -247,7 +247,6 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: boo
         lam = Lam1[0, 0]
         a = 1.0 + lam * lam * s1.ztz[0, 0]
         L1 = np.sqrt(a)[None, None, :]
-        F = (lam / L1[0, 0])[None, None, :]                          # L1^-1 Lam1^T
         D = (lam * lam / a)                                           # Lam1 A11^-1 Lam1^T, (m1,)
         ld1 = float(np.sum(np.log(a)))
         DZW = D[None, :] * s1.ztw[0]                                   # (p+1, m1)
@@ -310,8 +309,6 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: boo
     ev = PLSEvaluation(theta=theta, deviance=float(deviance), ldL2=ldL2, ldRX2=ldRX2, r2=r2, RX=RX, beta=beta,
                        Lam1=Lam1, L1=L1, C1=C1, U2=U2, C2=C2, lam2=lam2)
     if gradient and all(q == 1 for q in prob.sizes):
-        from dataclasses import replace
-
         ev = replace(ev, grad=_gradient(ev, prob, method, a))
     return ev
 
@@ -396,26 +393,16 @@ def _gradient(ev: PLSEvaluation, prob: PLSProblem, method: str, a: np.ndarray) -
 def conditional_modes(ev: PLSEvaluation, prob: PLSProblem) -> list:
     """The conditional modes ``b = Lambda u`` of each term at an evaluation, as (m_k, q_k) arrays.
 
-    ``u`` solves ``L^T u = C[:, y] - C[:, X] beta``: the dense block first (``u2 = L22^-T v2``), then each level
-    of the first term (``u1 = L11^-T (v1 - L21^T u2)``, with ``L21^T u2 = L11^-1 Lam1^T Z1^T Z2 Lambda2 u2``).
+    ``u`` solves ``L^T u = C[:, y] - C[:, X] beta`` (:func:`_solve_LT`: the dense block first, then each level of
+    the first term), the solution of the penalised least-squares problem.
     """
-    p, q1, m1 = prob.p, prob.sizes[0], prob.levels[0]
-    v1 = ev.C1[:, p] - np.einsum("ipg,p->ig", ev.C1[:, :p], ev.beta)     # (q1, m1)
-    out = []
-    if prob.r:
-        v2 = ev.C2[:, p] - ev.C2[:, :p] @ ev.beta
-        u2 = linalg.solve_triangular(ev.U2.T, v2, lower=False, check_finite=False)
-        lu2 = ev.lam2 * u2 if prob.lam_diag else ev.lam2 @ u2
-        t = (prob.A21.T @ lu2).reshape(m1, q1).T                          # Z1^T Z2 Lambda2 u2, (q1, m1)
-        v1 = v1 - _forward(ev.L1, np.tensordot(ev.Lam1.T, t, axes=(1, 0)))
-        b2 = lu2
-    u1 = _backward(ev.L1, v1)
-    out.append((ev.Lam1 @ u1).T)
-    if prob.r:
-        off = 0
-        for q, m in zip(prob.sizes[1:], prob.levels[1:]):
-            out.append(b2[off:off + q * m].reshape(m, q))
-            off += q * m
+    coef = np.append(-ev.beta, 1.0)
+    U1, LU2 = _solve_LT(ev, prob, ev.C1, ev.C2)
+    out = [(ev.Lam1 @ np.tensordot(U1, coef, axes=(1, 0))).T]
+    b2, off = LU2 @ coef, 0
+    for q, m in zip(prob.sizes[1:], prob.levels[1:]):
+        out.append(b2[off:off + q * m].reshape(m, q))
+        off += q * m
     return out
 
 
