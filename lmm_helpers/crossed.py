@@ -125,7 +125,13 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects=random_effects,
                   converged=_warn_fit(converged, singular), singular=singular, n_obs=n, n_groups=n_groups,
                   terms=tuple(b[0].text for b in built),
-                  _df=lambda: satterthwaite_pls(prob, method, theta, sigma), _resid=resid)
+                  _df=lambda: _one_thread(satterthwaite_pls, prob, method, theta, sigma), _resid=resid)
+
+
+def _one_thread(f: Callable, *args):
+    """Call f on one BLAS thread (see :func:`fit_crossed`)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return f(*args)
 
 
 def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
