@@ -522,14 +522,14 @@ def _slopes_markdown(df, info: dict) -> None:
     ok = df[df.status == "ok"]
     reps = ", ".join(f"{p} " + "/".join(str(int(k)) for k in ok[ok.peer == p].repeats)
                      for p in SLOPES_PEERS if (ok.peer == p).any())
-    df_times = ", ".join(f"{t:.3f} s at n = {n:,}" for n, t in zip(ours.index, ours.get("df_time", [])))
+    df_times = " and ".join(f"{t:.3f} s (n = {n:,})" for n, t in zip(ours.index, ours.get("df_time", [])))
     text = [
         "# Benchmark: y ~ x + (x | g), maximum likelihood, about 20 rows per group, groups in random order",
         "",
         "Made by `python benchmarks/run_benchmarks.py --slopes`. Time: best of k repeats of the fit from a DataFrame "
         f"already in memory (k by size: {reps}); lmm's time includes parsing the formula and building the design, "
-        "as the peers' do. Satterthwaite's df, which lmm computes on first use and neither peer computes, took "
-        f"{df_times} more. \"logLik − lmm\" is negative when the peer stopped short of lmm's maximum.",
+        "as the peers' do. Satterthwaite's df, which lmm computes on first use and neither peer computes, took a "
+        f"further {df_times}. \"logLik − lmm\" is negative when the peer stopped short of lmm's maximum.",
         "",
         *lines,
         "",

@@ -509,10 +509,9 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
     column and Lambda Lambda^T is unchanged), and an optimiser that may pass through 0 is not caught at a boundary
     it met on the way (with bounds from the start, ``0 + Days + (Days | Subject)`` stopped at a correlation of 1,
     9 log-likelihood units below lme4). Then the columns are flipped to lme4's signs and, if a diagonal entry is
-    near 0, a bounded run settles a boundary optimum exactly at 0; Newton steps with a finite-difference Hessian of the analytic gradient polish
-    and check the optimum (converged: a positive definite Hessian in the free entries and a Newton step below
-    1e-4 of theta's scale).
-    Both runs are L-BFGS-B with the analytic gradient.
+    near 0, a bounded run settles a boundary optimum exactly at 0. Both runs are L-BFGS-B with the analytic
+    gradient. Newton steps with a forward-difference Hessian of that gradient polish and check the optimum
+    (converged: a positive definite Hessian in the free entries and a Newton step below 1e-4 of theta's scale).
     """
     rows, cols = index
     diag = rows == cols

@@ -104,6 +104,9 @@ def block_sums(cols: list, z_cols: list, w_cols: list, codes: np.ndarray, n_grou
     for i in range(q):
         for k in range(m):
             ztw[i, k] = gsum(z_cols[i], w_cols[k])
+    if m > 8:  # many fixed-effect columns: one GEMM beats m (m + 1) / 2 dot products of length n
+        W = np.column_stack([cols[k] for k in w_cols])
+        return BlockSums(ztz=ztz, ztw=ztw, wtw=W.T @ W, n=int(len(codes)))
     wtw = np.empty((m, m))
     for i in range(m):
         for k in range(i, m):
@@ -175,8 +178,15 @@ def _sum_mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _gram(C: np.ndarray) -> np.ndarray:
-    """``sum_g C_g^T C_g`` for C (q, m, G): the symmetric m x m matrix from dot products of length G."""
+    """``sum_g C_g^T C_g`` for C (q, m, G): the symmetric m x m matrix from dot products of length G.
+
+    With many columns (m > 8: a factor with many levels among the fixed effects) the m (m + 1) / 2 dot products
+    cost more than one GEMM of the stacked (m, q G) matrix, which BLAS then runs efficiently.
+    """
     m = C.shape[1]
+    if m > 8:
+        F = C.transpose(1, 0, 2).reshape(m, -1)
+        return F @ F.T
     out = np.empty((m, m))
     for a in range(m):
         for b in range(a, m):
@@ -306,7 +316,6 @@ def evaluate(theta: np.ndarray, sums: BlockSums, index: tuple[np.ndarray, np.nda
     Lambda^T``, ``P_g = Z_g^T X_g``, ``G = R_X R_X^T``.
     """
     q, p, n, G = sums.q, sums.p, sums.n, sums.n_groups
-    m_cols = p + 1
     Lam = np.zeros((q, q))
     Lam[index] = theta
     dq = np.arange(q)
