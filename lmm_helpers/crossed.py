@@ -83,9 +83,9 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
     """
     formula, y, names, X = model.formula, model.y, model.names, model.X
     n, p = X.shape
-    # One BLAS thread: the dense block (1156 square for InstEval) is where OpenBLAS's threads gain at most 2x on an
-    # idle 2-core machine but lose 10-20x when the cores are shared (InstEval: 160-200 s against 10-17 s at a load
-    # of 13 on 2 cores, measured here), as their spin-waits compete with other processes.
+    # One BLAS thread: OpenBLAS's threads lose 10-20x when the cores are shared (InstEval: 160-200 s against 6-17 s
+    # at a load of 13 on 2 cores, measured here), as their spin-waits compete with other processes; on 2 idle
+    # cores they could gain at most 2x on the dense block (1156 square for InstEval), not measurable here.
     with threadpool_limits(limits=1, user_api="blas"):
         built, sizes, prob = _problem(model, data)
         theta, converged = _optimise(prob, sizes, method)
