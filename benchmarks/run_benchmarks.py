@@ -287,6 +287,97 @@ def plot(df, path: Path) -> None:
     fig.savefig(path)
 
 
+# ------------------------------------------------------------------------------------- crossed factors (issue 11)
+CROSSED_FORMULA = "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)"
+CROSSED_PEERS = ["lmm", "mixedlm", "lme4"]
+CROSSED_REPEATS, CROSSED_BUDGET_S = 5, 20.0
+CROSSED_R = r"""
+args <- commandArgs(trailingOnly = TRUE)
+max_rep <- as.integer(args[2]); budget <- as.numeric(args[3])
+suppressPackageStartupMessages(library(lme4))
+dat <- read.csv(args[1], colClasses = c(y = "numeric", s = "factor", d = "factor", dept = "factor",
+                                        service = "factor"))
+times <- c()
+repeat {
+  t0 <- Sys.time()
+  fit <- lmer(y ~ service + (1 | s) + (1 | d) + (1 | dept:service), data = dat, REML = FALSE)
+  times <- c(times, as.numeric(difftime(Sys.time(), t0, units = "secs")))
+  if (length(times) >= max_rep || sum(times) > budget) break
+}
+cat(jsonlite::toJSON(list(time = min(times), repeats = length(times), loglik = as.numeric(logLik(fit))),
+                     digits = NA, auto_unbox = TRUE))
+"""
+
+
+def crossed_worker(peer: str, path: Path) -> dict:
+    """Fit InstEval's crossed model with one Python peer; best of up to 5 fits (20 s budget), ML log-likelihood."""
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={"s": str, "d": str, "dept": str, "service": str})
+    if peer == "lmm":
+        from lmm_helpers import lmm
+
+        def fit():
+            return lmm(CROSSED_FORMULA, df, "ML").loglik
+    elif peer == "mixedlm":
+        from mixedlm import lmer
+
+        cat = df.astype({c: "category" for c in ("s", "d", "dept", "service")})
+
+        def fit():
+            return float(lmer(CROSSED_FORMULA, cat, REML=False).logLik().value)
+    else:
+        raise ValueError(f"peer must be one of {CROSSED_PEERS[:2]}, got {peer!r}")
+    times, loglik = [], float("nan")
+    while len(times) < CROSSED_REPEATS and sum(times) <= CROSSED_BUDGET_S:
+        t0 = time.perf_counter()
+        loglik = fit()
+        times.append(time.perf_counter() - t0)
+    return {"time": min(times), "repeats": len(times), "loglik": loglik}
+
+
+def crossed_benchmark(out: Path = SCRATCH) -> None:
+    """InstEval (lme4's 73,421 ratings; students 2972 x lecturers 1128, dept:service 28), crossed, ML: lmm against
+    mixedlm and lme4 in one run, each in a fresh subprocess; writes results/crossed.csv and crossed.md."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = HERE.parent / "data" / "insteval.csv"
+    load_at_start = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for peer in CROSSED_PEERS:
+            if peer == "lme4":
+                script = Path(tmp) / "crossed.R"
+                script.write_text(CROSSED_R)
+                cmd = ["Rscript", str(script), str(path), str(CROSSED_REPEATS), str(CROSSED_BUDGET_S)]
+            else:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--crossed-worker", peer, str(path)]
+            row = {"peer": peer}
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
+                row.update(json.loads(out.stdout.strip().splitlines()[-1]), status="ok")
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as err:
+                row["status"] = "failed: " + str(getattr(err, "stderr", "") or err).strip()[-200:]
+            rows.append(row)
+            print(peer, row.get("status"), f"{row.get('time', float('nan')):.3f}", flush=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "crossed.csv", index=False)
+    ours = df.set_index("peer").loc["lmm"]
+    info = machine() | {"load average at start": f"{load_at_start:.2f}"}
+    lines = [f"InstEval, `{CROSSED_FORMULA}`, ML (73,421 rows). Best of up to {CROSSED_REPEATS} fits "
+             f"({CROSSED_BUDGET_S:.0f} s budget), each peer in a fresh process.", "",
+             "| peer | time (s) | × lmm time | fits | logLik | logLik − lmm's |", "|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        if r.status != "ok":
+            lines.append(f"| {r.peer} | {r.status} | | | | |")
+            continue
+        lines.append(f"| {r.peer} | {r.time:.3f} | {r.time / ours.time:.1f} | {int(r.repeats)} | "
+                     f"{r.loglik:.6f} | {r.loglik - ours.loglik:.2e} |")
+    lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items())]
+    (out / "crossed.md").write_text("\n".join(lines) + "\n")
+
+
 # ==============================================================================================================
 # Random slopes (issue 10): y ~ x + (x | g) by ML, lmm() against mixedlm and lme4 in the same run.
 # A section of its own (its data, worker, R script, table and plot), run with --slopes.
@@ -485,10 +576,16 @@ if __name__ == "__main__":
                        help=f"write the tracked results in {RESULTS.relative_to(HERE.parent)}/")
     where.add_argument("--out", type=Path, default=SCRATCH,
                        help=f"output folder (default: {SCRATCH.relative_to(HERE.parent)}/, not tracked)")
+    parser.add_argument("--crossed", action="store_true", help="only the crossed-factors benchmark (InstEval)")
+    parser.add_argument("--crossed-worker", nargs=2, metavar=("PEER", "CSV"), help=argparse.SUPPRESS)
     parser.add_argument("--slopes", action="store_true", help="run the random-slopes comparison (lmm, mixedlm, lme4)")
     parser.add_argument("--slopes-worker", nargs=2, metavar=("PEER", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
+    if args.crossed_worker:
+        print(json.dumps(crossed_worker(args.crossed_worker[0], Path(args.crossed_worker[1]))))
+    elif args.crossed:
+        crossed_benchmark(RESULTS if args.update else args.out)
+    elif args.worker:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
     elif args.slopes_worker:
         print(json.dumps(slopes_worker(args.slopes_worker[0], Path(args.slopes_worker[1]))))

@@ -9,6 +9,8 @@ Modules, one job each:
 - :mod:`lmm_helpers.formula`: lme4's formula language, parsed and turned into design matrices
 - :mod:`lmm_helpers.slopes`: the profiled deviance with q x q blocks per group (random slopes)
 - :mod:`lmm_helpers.mixed`: :func:`lmm` (formula and data) and its result
+- :mod:`lmm_helpers.pls`: lme4's penalised least squares for several random terms, with a blocked Cholesky
+- :mod:`lmm_helpers.crossed`: :func:`lmm`'s fit when the random terms have several grouping factors
 - :mod:`lmm_helpers.inference`: likelihood-ratio tests, the plain linear model, Wald and profile intervals
 - :mod:`lmm_helpers.symbolic`: SymPy builders for the toy's Sigma, det Sigma and log-likelihood
 - :mod:`lmm_helpers.plotting`: the series' plotting style and its recurring figures

@@ -23,12 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "design_columns"]
-
-_ISSUE_11 = ("a random term of two or more grouping factors (nested `(1 | a/b)`, interacting `(1 | a:b)`, "
-             "or crossed `(1 | a) + (1 | b)`) needs lme4's general algorithm, which is not implemented yet "
-             "(issue 11); lmm fits random terms of one grouping factor")
-
+__all__ = ["RandomTerm", "ParsedFormula", "parse_formula", "design_columns", "grouping_factor"]
 
 @dataclass(frozen=True)
 class RandomTerm:
@@ -41,15 +36,24 @@ class RandomTerm:
     intercept : bool
         Whether the block has a random intercept.
     factor : str
-        The grouping factor's column.
+        The grouping factor's name: a column, or an interaction of columns written as lme4 names it
+        (``"a:b"``; ``(1 | a/b)`` gives the terms of ``a`` and ``b:a``).
     text : str
         The term as lme4 would write it, for messages and ``summary()``.
+    components : tuple of str
+        The columns whose interaction is the grouping factor, in the order of its name (one for a plain factor).
     """
 
     terms: tuple
     intercept: bool
     factor: str
     text: str
+    components: tuple = ()
+
+    @property
+    def columns(self) -> tuple:
+        """The data columns that make up the grouping factor."""
+        return self.components or (self.factor,)
 
 
 @dataclass(frozen=True)
@@ -161,8 +165,8 @@ def parse_formula(formula: str) -> ParsedFormula:
     Raises
     ------
     ValueError
-        A formula the parser cannot read, a response that is not one column, a function call, a term of
-        two grouping factors (not implemented yet), a random term that is not a summand.
+        A formula the parser cannot read, a response that is not one column, a function call, a random term
+        that is not a summand.
     """
     from formulae.parser import Parser
     from formulae.resolver import Resolver
@@ -194,25 +198,25 @@ def parse_formula(formula: str) -> ParsedFormula:
     for bar in bars:
         lhs_int, lhs_terms = _resolve_terms(bar.left, formula, "a random term's left-hand side")
         _, rhs_terms = _resolve_terms(bar.right, formula, "a random term's grouping factor")
-        if len(rhs_terms) != 1 or len(rhs_terms[0]) != 1:
-            what = " + ".join(":".join(t) for t in rhs_terms)
-            raise _fail(formula, f"random term with grouping factor {what!r}: {_ISSUE_11}")
-        factor = rhs_terms[0][0]
+        if not rhs_terms:
+            raise _fail(formula, "a random term needs a grouping factor, like (1 | g)")
+        # (1 | a:b) is one factor named a:b; (1 | a/b) resolves to a and a:b, which lme4 names a and b:a.
+        groupings = [tuple(reversed(t)) if len(rhs_terms) > 1 else t for t in rhs_terms]
         has_int = lhs_int is not False
-        if not has_int and not lhs_terms:
-            raise _fail(formula, f"random term ({'0'} | {factor}) has no effects")
-        if bar.operator.lexeme == "||":  # lme4's expandDoubleVert: one block per term
-            if has_int:
-                random.append(RandomTerm((), True, factor, f"(1 | {factor})"))
-            for t in lhs_terms:
-                random.append(RandomTerm((t,), False, factor, _term_text([t], False, factor)))
-        else:
-            random.append(RandomTerm(tuple(lhs_terms), has_int, factor, _term_text(lhs_terms, has_int, factor)))
+        for comps in groupings:
+            factor = ":".join(comps)
+            if not has_int and not lhs_terms:
+                raise _fail(formula, f"random term ({'0'} | {factor}) has no effects")
+            if bar.operator.lexeme == "||":  # lme4's expandDoubleVert: one block per term
+                if has_int:
+                    random.append(RandomTerm((), True, factor, f"(1 | {factor})", comps))
+                for t in lhs_terms:
+                    random.append(RandomTerm((t,), False, factor, _term_text([t], False, factor), comps))
+            else:
+                random.append(RandomTerm(tuple(lhs_terms), has_int, factor,
+                                         _term_text(lhs_terms, has_int, factor), comps))
     if not random:
         raise _fail(formula, "has no random term like (1 | g); for a linear model use fit_lm")
-    factors = list(dict.fromkeys(r.factor for r in random))
-    if len(factors) > 1:
-        raise _fail(formula, f"random terms of grouping factors {factors}: {_ISSUE_11}")
     return ParsedFormula(response=str(ast.left.name.lexeme), intercept=intercept, fixed=tuple(fixed),
                          random=tuple(random))
 
@@ -285,3 +289,34 @@ def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str,
     if not cols:
         return [], np.empty((n, 0))
     return names, np.column_stack(cols)
+
+
+def grouping_factor(data: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes and level labels of a random term's grouping factor, an interaction of columns included.
+
+    Levels of an interaction ``a:b`` are the combinations present in the data, labelled ``"a_level:b_level"`` and
+    ordered by the first column's levels, then the second's (R's ``a:b`` with unused levels dropped).
+
+    Parameters
+    ----------
+    data : DataFrame
+    term : RandomTerm
+    """
+    from .design import group_codes
+
+    codes, labels = None, None
+    for col in term.columns:
+        if data[col].isna().any():
+            raise ValueError(f"data: grouping factor {col!r} has missing values (random term {term.text}); "
+                             "drop those rows first")
+        c, lev = group_codes(data[col])
+        if len(term.columns) == 1:
+            return c, lev
+        lev = [str(v) for v in lev]
+        if codes is None:
+            codes, labels = c, lev
+        else:
+            combined = codes.astype(np.int64) * len(lev) + c
+            uniq, codes = np.unique(combined, return_inverse=True)
+            labels = [f"{labels[u // len(lev)]}:{lev[u % len(lev)]}" for u in uniq]
+    return codes.astype(np.intp, copy=False), pd.Index(labels)

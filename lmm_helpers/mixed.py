@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import check_rank, group_codes
+from .design import check_rank
 from .fit import _coef_table, _quantiles, fit_lmm
-from .formula import ParsedFormula, design_columns, parse_formula
+from .formula import ParsedFormula, design_columns, grouping_factor, parse_formula
 from .likelihood import _check_method
 from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
 from .slopes import BlockSums, block_sums, evaluate, lambda_index
@@ -150,7 +150,7 @@ class LMMFit:
         lines += format_named(["Min", "1Q", "Median", "3Q", "Max"],
                               format_num(zapsmall(self.scaled_resid_quantiles, 5)))
         lines += ["", "Random effects:"] + self._random_table()
-        counts = ", ".join(f"{k}, {v}" for k, v in self.n_groups.items())
+        counts = "; ".join(f"{k}, {v}" for k, v in self.n_groups.items())
         lines.append(f"Number of obs: {self.n_obs}, groups:  {counts}")
         lines += ["", "Fixed effects:"]
         lines += _coef_table(self.names, self.beta, self.bse, self.df, self.tvalues, self.pvalues)
@@ -231,6 +231,10 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
     """
     _check_method(method)
     model = _build(formula, data)
+    if model.crossed:  # several grouping factors: lme4's general algorithm
+        from .crossed import fit_crossed
+
+        return fit_crossed(model, method, data)
     if model.intercept_only:  # checks X itself (rank, magnitudes) from its grouped sums
         fit = fit_lmm(model.y, model.X, model.codes, method, names=model.names)
         return _from_fit_lmm(fit, formula, model.factor, model.labels)
@@ -251,6 +255,11 @@ class _Model:
     factor: str
     codes: np.ndarray
     labels: pd.Index
+
+    @property
+    def crossed(self) -> bool:
+        """More than one grouping factor (crossed or nested): fitted by :mod:`lmm_helpers.crossed`."""
+        return len({t.factor for t in self.terms}) > 1
 
     @property
     def intercept_only(self) -> bool:
@@ -299,13 +308,13 @@ def _build(formula: str, data: pd.DataFrame) -> _Model:
     names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False)
     if not names:
         raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
-    factor = parsed.random[0].factor
-    if data[factor].isna().any():
-        raise ValueError(f"data: grouping factor {factor!r} has missing values; drop those rows first")
-    codes, labels = group_codes(data[factor])
     blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}", stack=False)
               for t in parsed.random]
-    _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
+    factor, codes, labels = None, None, None
+    if len({t.factor for t in parsed.random}) == 1:  # several factors: crossed.py checks term by term
+        factor = parsed.random[0].factor
+        codes, labels = grouping_factor(data, parsed.random[0])
+        _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
     if len(names) + len(parsed.random) + 1 > len(y):
         raise ValueError(f"formula {formula!r}: more parameters than observations ({len(y)})")
     return _Model(formula=formula, y=y, names=names, x_cols=x_cols, znames=[list(b[0]) for b in blocks],
@@ -348,6 +357,10 @@ def lmm_criterion(formula: str, data: pd.DataFrame, theta, method: str = "ML") -
     _check_method(method)
     model = _build(formula, data)
     theta = np.asarray(theta, dtype=float)
+    if model.crossed:
+        from .crossed import crossed_criterion
+
+        return crossed_criterion(model, data, theta, method)
     if theta.shape != model.index[0].shape:
         raise ValueError(f"theta has {theta.size} entries; {formula!r} has {model.index[0].size}")
     return evaluate(theta, model.sums, model.index, method).deviance
@@ -358,7 +371,8 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, formula: str) -> N
     uses = [(parsed.response, "the response")]
     uses += [(v, f"fixed term {':'.join(t)!r}") for t in parsed.fixed for v in t]
     for r in parsed.random:
-        uses += [(v, f"random term {r.text}") for t in r.terms for v in t] + [(r.factor, f"random term {r.text}")]
+        uses += [(v, f"random term {r.text}") for t in r.terms for v in t] + [(v, f"random term {r.text}")
+                                                                               for v in r.columns]
     for var, where in uses:
         if var not in data.columns:
             raise ValueError(f"formula {formula!r}: {where} uses {var!r}, which is not a column of data "

@@ -70,6 +70,7 @@ README_BLOCK_RE = re.compile(r"(<!-- notebooks:start[^>]*-->\n)(.*?)(<!-- notebo
 RESULT_TABLES = {
     "benchmark": Path("benchmarks") / "results" / "benchmark.md",
     "series": Path("benchmarks") / "results" / "series.md",
+    "crossed": Path("benchmarks") / "results" / "crossed.md",
 }
 BADGE_URL = "https://mybinder.org/badge_logo.svg"
 

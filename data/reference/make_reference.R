@@ -9,6 +9,7 @@
 # Writes
 #   data/toy.csv, data/sleepstudy.csv, data/grouseticks.csv, data/singular.csv   the datasets
 #   data/orthodont.csv, data/chickweight.csv, data/oxboys.csv   (random slopes, lmm)
+#   data/penicillin.csv, data/pastes.csv, data/oats.csv, data/cake.csv, data/insteval.csv   (crossed and nested)
 #   data/reference/r_reference.csv      every number, long format: dataset, model, quantity, term, value
 #   data/reference/*.txt                R's own printed summaries, shown beside the Python results
 #   data/reference/versions.txt         R and package versions that produced them
@@ -378,6 +379,56 @@ for (fm in c("weight ~ Diet * Time", "weight ~ Time:Diet", "weight ~ Diet + Time
   emit("chickweight", "model_matrix", "colsum", paste(fm, colnames(mm), sep = "|"), colSums(mm))
 }
 # ---- end of random slopes ------------------------------------------------------------------------------------
+# =============================================================================================================
+
+# =============================================================================================================
+# ---- nested and crossed grouping factors (lme4's general algorithm, lmm_helpers.pls, notebook 12) -----------
+# Same recording as the random-slopes block (record_lmm through fit_lmm_models): ML and REML, model names
+# "lmm_<label>_<ML|REML>". Grouping and factor columns are written as characters, levels sorted as a CSV reader
+# sees them; columns whose values look like numbers (InstEval's s, d, dept, service; cake's temperature) must be
+# read back as strings (tests/test_crossed.py does). lme4 orders the random terms by decreasing number of levels,
+# so theta, VarCorr and ranef come in that order.
+# lme4's Penicillin: 6 samples of penicillin, each on 24 plates (crossed, complete).
+penicillin <- data.frame(diameter = Penicillin$diameter, plate = as.character(Penicillin$plate),
+                         sample = as.character(Penicillin$sample))
+write_data(penicillin, "penicillin")
+fit_lmm_models("penicillin", "crossed", diameter ~ 1 + (1 | plate) + (1 | sample), penicillin, "penicillin")
+
+# lme4's Pastes: 10 batches, 3 casks within each (nested: cask "a" of batch A is not cask "a" of batch B).
+pastes <- data.frame(strength = Pastes$strength, batch = as.character(Pastes$batch),
+                     cask = as.character(Pastes$cask))
+write_data(pastes, "pastes")
+fit_lmm_models("pastes", "nested", strength ~ 1 + (1 | batch/cask), pastes, "pastes")
+
+# nlme's Oats (Yates 1935): a split plot, 6 blocks, 3 varieties within each, 4 nitrogen levels (numeric).
+data("Oats", package = "nlme")
+oats <- data.frame(yield = Oats$yield, nitro = Oats$nitro, Block = as.character(Oats$Block),
+                   Variety = as.character(Oats$Variety))
+write_data(oats, "oats")
+fit_lmm_models("oats", "nested", yield ~ nitro + (1 | Block/Variety), oats, "oats")
+fit_lmm_models("oats", "crossed", yield ~ nitro + (1 | Block) + (1 | Variety), oats, "oats")
+
+# lme4's cake (Cook 1938): breakage angle, 3 recipes x 6 temperatures, 15 replicates per recipe; the grouping factor
+# is an interaction, recipe:replicate (45 levels). temperature is an ordered factor in lme4 (polynomial contrasts):
+# rebuilt here as a plain factor, so R's columns are treatment contrasts like lmm()'s.
+cake_df <- data.frame(angle = cake$angle, recipe = as.character(cake$recipe), replicate = cake$replicate,
+                      temperature = as.character(cake$temperature))
+write_data(cake_df, "cake")
+fit_lmm_models("cake", "interaction", angle ~ recipe * temperature + (1 | recipe:replicate), cake_df, "cake_df")
+
+# Sleepstudy with a correlated slope beside a crossed intercept: (Days | Subject) + (1 | Days) mixes a q = 2 block
+# with a scalar term of another factor.
+sleep_x <- sleep
+sleep_x$DayF <- as.character(sleep$Days)
+fit_lmm_models("sleepstudy", "slopes_crossed", Reaction ~ Days + (Days | Subject) + (1 | DayF), sleep_x, "sleep_x")
+
+# lme4's InstEval: 73,421 lecture ratings; students s (2972) crossed with lecturers d (1128), dept:service (28).
+# The speed benchmark of issue 11. Written with the columns the model uses.
+insteval <- data.frame(y = InstEval$y, s = as.character(InstEval$s), d = as.character(InstEval$d),
+                       dept = as.character(InstEval$dept), service = as.character(InstEval$service))
+write_data(insteval, "insteval")
+fit_lmm_models("insteval", "crossed", y ~ service + (1 | s) + (1 | d) + (1 | dept:service), insteval, "insteval")
+# ---- end of nested and crossed ------------------------------------------------------------------------------
 # =============================================================================================================
 
 # ---- write ----------------------------------------------------------------------------------

@@ -1,0 +1,242 @@
+"""``lmm`` with several grouping factors, crossed or nested: lme4's general algorithm (:mod:`lmm_helpers.pls`).
+
+:func:`lmm_helpers.lmm` decides: one grouping factor goes to its per-group routes (``fit_lmm`` or
+:mod:`lmm_helpers.slopes`), two or more come here. The random terms are put in lme4's order (decreasing number of
+levels, formula order among equals), theta is optimised within lme4's bounds (0 below every diagonal entry of each
+template), and the result is the same :class:`lmm_helpers.mixed.LMMFit` as for one factor, with Satterthwaite's
+df computed as lmerTest does (numDeriv's Richardson Hessian of the deviance in (theta, sigma)).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+from threadpoolctl import threadpool_limits
+
+from .fit import _quantiles
+from .formula import grouping_factor
+from .mixed import (_HESS_TOL, _SINGULAR_TOL, LMMFit, _check_levels, _check_rank, _richardson, _varcorr,
+                    _warn_fit)
+from .pls import ReTerm, conditional_modes, deviance_theta_sigma, pls_evaluate, pls_problem
+from .slopes import lambda_index
+
+__all__ = ["crossed_criterion", "fit_crossed", "theta_bounds"]
+
+
+def theta_bounds(sizes: list) -> tuple[np.ndarray, list]:
+    """lme4's start (each template the identity) and bounds (diagonal entries >= 0) for terms of sizes q_k."""
+    rows, cols = lambda_index(list(sizes))
+    diag = rows == cols
+    return np.where(diag, 1.0, 0.0), [(0.0, None) if d else (None, None) for d in diag]
+
+
+def _unique_names(names: list) -> list:
+    """R's ``make.unique``: the second ``g`` becomes ``g.1``, the third ``g.2``."""
+    seen: dict = {}
+    out = []
+    for nm in names:
+        k = seen.get(nm, 0)
+        out.append(nm if k == 0 else f"{nm}.{k}")
+        seen[nm] = k + 1
+    return out
+
+
+def _problem(model, data: pd.DataFrame) -> tuple[list, list, object]:
+    """Each term's grouping factor and Z (lme4's checks), in lme4's order, and the PLS problem they make."""
+    formula, y, names, X = model.formula, model.y, model.names, model.X
+    n = len(y)
+    built = []
+    for t, znames, zc in zip(model.terms, model.znames, model.z_cols):
+        codes, labels = grouping_factor(data, t)
+        _check_levels((t,), [len(znames)], len(labels), n)
+        built.append((t, codes, labels, list(znames), np.column_stack(zc)))
+    order = sorted(range(len(built)), key=lambda k: -len(built[k][2]))  # stable: formula order among equals
+    built = [built[k] for k in order]
+    sizes = [len(b[3]) for b in built]
+    if len(names) + sum(q * (q + 1) // 2 for q in sizes) + 1 > n:
+        raise ValueError(f"formula {formula!r}: more parameters than observations ({n})")
+    prob = pls_problem([ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4]) for b in built], X, y)
+    _check_rank(prob.sums1, names)
+    return built, sizes, prob
+
+
+def crossed_criterion(model, data: pd.DataFrame, theta: np.ndarray, method: str) -> float:
+    """lme4's ``devfun(theta)`` for a model of several grouping factors (theta in lme4's order of the terms)."""
+    _, sizes, prob = _problem(model, data)
+    if theta.shape != (prob.n_theta,):
+        raise ValueError(f"theta has {theta.size} entries; {model.formula!r} has {prob.n_theta}")
+    return pls_evaluate(theta, prob, method).deviance
+
+
+def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
+    """Fit a model whose random terms have more than one grouping factor (called by :func:`lmm`).
+
+    Parameters
+    ----------
+    model : lmm_helpers.mixed._Model
+        The formula read against the data (y, X's and each term's columns).
+    method : {"ML", "REML"}
+    data : DataFrame
+        For the grouping factors (interactions included).
+    """
+    formula, y, names, X = model.formula, model.y, model.names, model.X
+    n, p = X.shape
+    # One BLAS thread: OpenBLAS's threads lose 10-20x when the cores are shared (InstEval: 160-200 s against 6-17 s
+    # at a load of 13 on 2 cores, measured here), as their spin-waits compete with other processes; on 2 idle
+    # cores they could gain at most 2x on the dense block (1156 square for InstEval), not measurable here.
+    with threadpool_limits(limits=1, user_api="blas"):
+        built, sizes, prob = _problem(model, data)
+        theta, converged = _optimise(prob, sizes, method)
+        ev = pls_evaluate(theta, prob, method)
+    m = n if method == "ML" else n - p
+    sigma2 = ev.r2 / m
+    sigma = float(np.sqrt(sigma2))
+    RXi = np.linalg.solve(ev.RX, np.eye(p))
+    vcov = sigma2 * (RXi.T @ RXi)
+    modes = conditional_modes(ev, prob)
+    rows, cols = lambda_index(sizes)
+    singular = bool(np.any(theta[rows == cols] < _SINGULAR_TOL))
+    covs, start = [], 0
+    for q in sizes:
+        T = np.zeros((q, q))
+        T[lambda_index([q])] = theta[start:start + q * (q + 1) // 2]
+        covs.append(sigma2 * (T @ T.T))
+        start += q * (q + 1) // 2
+    groups = _unique_names([b[0].factor for b in built])
+    varcorr = _varcorr(covs, [list(b[3]) for b in built], groups, sigma)
+    random_effects: dict = {}
+    for b, mode in zip(built, modes):
+        frame = pd.DataFrame(mode, index=b[2], columns=list(b[3]))
+        f = b[0].factor
+        random_effects[f] = frame if f not in random_effects else random_effects[f].join(frame, rsuffix=".1")
+    n_groups: dict = {}
+    for b in built:
+        n_groups.setdefault(b[0].factor, len(b[2]))
+
+    def resid() -> np.ndarray:
+        fitted = X @ ev.beta
+        for b, mode in zip(built, modes):
+            fitted = fitted + np.einsum("ij,ij->i", b[4], mode[b[1]])
+        return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+
+    return LMMFit(formula=formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
+                  loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects=random_effects,
+                  converged=_warn_fit(converged, singular), singular=singular, n_obs=n, n_groups=n_groups,
+                  terms=tuple(b[0].text for b in built),
+                  _df=lambda: _one_thread(satterthwaite_pls, prob, method, theta, sigma), _resid=resid)
+
+
+def _one_thread(f: Callable, *args):
+    """Call f on one BLAS thread (see :func:`fit_crossed`)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return f(*args)
+
+
+def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
+    """Minimise the profiled criterion over theta within lme4's bounds, from lme4's start, by L-BFGS-B.
+
+    With scalar terms only (``(1 | a) + (1 | b) ...``) the gradient is analytic (:func:`lmm_helpers.pls._gradient`);
+    otherwise scipy's finite differences.
+    """
+    start, bounds = theta_bounds(sizes)
+    opts = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000}
+    scalar = all(q == 1 for q in sizes)
+
+    def value(t):
+        return pls_evaluate(t, prob, method).deviance
+
+    if scalar:
+        def fun(t):
+            ev = pls_evaluate(t, prob, method, gradient=True)
+            return ev.deviance, ev.grad
+
+        res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+    else:
+        res = optimize.minimize(value, start, method="L-BFGS-B", bounds=bounds, options=opts)
+    theta = res.x
+    # Converged: the projected gradient is below lme4's tolerance (check.conv.grad, 0.002), whatever stopped the
+    # optimiser (L-BFGS-B can end with a failed line search at an optimum, where rounding hides any descent).
+    if scalar:
+        grad = pls_evaluate(theta, prob, method, gradient=True).grad
+    else:
+        h = 1e-6 * np.maximum(np.abs(theta), 1e-2)
+        grad = np.array([(value(theta + e) - value(theta - e)) / (2 * e[i])
+                         for i, e in enumerate(np.diag(h))])
+    lower = np.array([lo if lo is not None else -np.inf for lo, _ in bounds])
+    projected = np.where((theta <= lower) & (grad > 0), 0.0, grad)
+    return theta, bool(np.max(np.abs(projected)) < 2e-3)
+
+
+def _hessian_genD(f: Callable, x: np.ndarray) -> np.ndarray:
+    """numDeriv's ``hessian`` (``genD``, Richardson: d = 0.1, eps = 1e-4, r = 4, v = 2), as lmerTest calls it."""
+    k = len(x)
+    zero_tol = np.sqrt(np.finfo(float).eps / 7e-7)
+    h0 = np.abs(0.1 * x) + 1e-4 * (np.abs(x) < zero_tol)
+    f0 = f(x)
+    H = np.zeros((k, k))
+
+    def extrapolate(a):
+        for m in range(1, 4):
+            a = [(a[j + 1] * 4**m - a[j]) / (4**m - 1) for j in range(len(a) - 1)]
+        return a[0]
+
+    for i in range(k):
+        h, hd = h0.copy(), []
+        for _ in range(4):
+            e = np.zeros(k)
+            e[i] = h[i]
+            hd.append((f(x + e) - 2.0 * f0 + f(x - e)) / h[i] ** 2)
+            h = h / 2.0
+        H[i, i] = extrapolate(hd)
+    for i in range(k):
+        for j in range(i):
+            h, od = h0.copy(), []
+            for _ in range(4):
+                e = np.zeros(k)
+                e[i], e[j] = h[i], h[j]
+                od.append((f(x + e) - 2.0 * f0 + f(x - e) - H[i, i] * h[i] ** 2 - H[j, j] * h[j] ** 2)
+                          / (2.0 * h[i] * h[j]))
+                h = h / 2.0
+            H[i, j] = H[j, i] = extrapolate(od)
+    return H
+
+
+def satterthwaite_pls(prob, method: str, theta: np.ndarray, sigma: float) -> np.ndarray:
+    """Satterthwaite's df of each fixed effect, as lmerTest: ``df = 2 var^2 / (g^T A g)``.
+
+    ``A = 2 H^-1`` from the Hessian H of the deviance in (theta, sigma) (beta profiled out; a pseudo-inverse over
+    eigenvalues above 1e-8), ``g`` the gradient of ``var(beta_j)`` in (theta, sigma): both by numDeriv's Richardson
+    schemes, which lmerTest uses; the sigma column of g is analytic.
+    """
+    p, n = prob.p, prob.n
+    cache: dict = {}
+
+    def ev_at(t):
+        key = t.tobytes()
+        if key not in cache:
+            cache[key] = pls_evaluate(t, prob, method)
+        return cache[key]
+
+    def dev(vp):
+        return deviance_theta_sigma(ev_at(vp[:-1]), vp[-1], n, p, method)
+
+    def vcov_theta(t):
+        RXi = np.linalg.solve(ev_at(t).RX, np.eye(p))
+        return (sigma**2 * (RXi.T @ RXi)).ravel()
+
+    vp = np.append(theta, sigma)
+    H = _hessian_genD(dev, vp)
+    evals, evecs = np.linalg.eigh(H)
+    pos = evals > _HESS_TOL
+    A = 2.0 * (evecs[:, pos] / evals[pos]) @ evecs[:, pos].T
+    k = len(theta)
+    RXi = np.linalg.solve(ev_at(theta).RX, np.eye(p))
+    Vb = RXi.T @ RXi
+    jac = np.empty((k + 1, p))
+    for i in range(k):
+        jac[i] = np.diag(_richardson(vcov_theta, theta, i).reshape(p, p))
+    jac[k] = 2.0 * sigma * np.diag(Vb)
+    var = sigma**2 * np.diag(Vb)
+    return 2.0 * var**2 / np.einsum("ij,ik,kj->j", jac, A, jac)
