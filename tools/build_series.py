@@ -71,6 +71,7 @@ RESULT_TABLES = {
     "benchmark": Path("benchmarks") / "results" / "benchmark.md",
     "series": Path("benchmarks") / "results" / "series.md",
     "crossed": Path("benchmarks") / "results" / "crossed.md",
+    "slopes": Path("benchmarks") / "results" / "benchmark_slopes.md",
 }
 BADGE_URL = "https://mybinder.org/badge_logo.svg"
 
