@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import check_rank, group_codes
-from .fit import _coef_table, _quantiles, fit_lmm
+from .design import _aliased, _check_exact_fit, _check_magnitude, _exactly, check_rank, group_codes
+from .fit import ConvergenceWarning, IdentifiabilityWarning, _coef_table, _quantiles, fit_lmm
 from .formula import ParsedFormula, design_columns, parse_formula
 from .likelihood import _check_method
 from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
@@ -27,6 +27,11 @@ __all__ = ["LMMFit", "lmm", "lmm_criterion"]
 
 _SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4), on the diagonal entries of theta
 _HESS_TOL = 1e-8      # lmerTest's tol for the eigenvalues of the Hessian of the variance parameters
+# A random slope whose covariate's mean is more than this many SDs from 0, beside a random intercept, is refused:
+# the per-group Z_g^T Z_g then have condition numbers near the square of it. On sleepstudy with Days shifted by c
+# (the same model, reparametrised) the fit is exact to 1e-10 in the log-likelihood up to c = 1500 (522 SDs) and
+# wrong from c = 2000 (696 SDs, REML); lme4 is already wrong at c = 100 (36 SDs: a boundary fit, 17 units low).
+_OFFSET_SDS = 400.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +81,12 @@ class LMMFit:
     terms: tuple = field(repr=False)
     _df: Callable = field(repr=False)
     _resid: Callable = field(repr=False)
+    unidentified: tuple = ()
+
+    @property
+    def identified(self) -> bool:
+        """False when REML leaves a random effect's variance unidentified (X spans that column in every group)."""
+        return not self.unidentified
 
     # ---------------------------------------------------------------------------------------- numbers
     @property
@@ -163,7 +174,9 @@ class LMMFit:
             lines += format_table(rows, [abbreviate(n) for n in self.names[:-1]], cells, right=False)
         if self.singular:
             lines += ["", "boundary (singular) fit: see help('isSingular')"]
-        if not self.converged:
+        if self.unidentified:
+            lines += ["", f"not identified under REML: {_unidentified_text(self.unidentified)}"]
+        elif not self.converged:
             lines += ["", "the optimiser did not converge: treat the estimates with caution"]
         return "\n".join(line.rstrip() for line in lines)
 
@@ -334,6 +347,86 @@ def _check_rank(sums: BlockSums, names: list) -> None:
     check_rank(xtx, names)
 
 
+def _check_data(model: _Model) -> None:
+    """fit_lmm's data checks for a model with q x q blocks: magnitudes, a covariate far from 0 beside a random
+    intercept, a y that X fits exactly, and no residual df once X and each group's own Z_g are fitted.
+
+    The last is ``fit._check_design``'s argument with Z_g in place of the group indicator: when y is fitted exactly
+    by X and a free b_g per group, sigma -> 0 sends the likelihood to infinity (lme4 checks only that there are
+    more observations than random effects, and returns a spurious fit).
+    """
+    _check_magnitude("data: the response", model.y)
+    for nm, col in [*zip(model.names, model.x_cols),
+                    *((nm, c) for bn, bc in zip(model.znames, model.z_cols) for nm, c in zip(bn, bc))]:
+        _check_magnitude(f"data: column {nm!r}", col)
+    if np.all(model.y == model.y[0]):
+        raise ValueError(f"the response is constant (every value is {model.y[0]:g}): it has no variation, so "
+                         "nothing is left for the residual variance")
+    _check_rank(model.sums, model.names)
+    znames = [nm for bn in model.znames for nm in bn]
+    zcols = [c for bc in model.z_cols for c in bc]
+    if "(Intercept)" in znames:
+        for nm, col in zip(znames, zcols):
+            sd = float(np.std(col))
+            if nm != "(Intercept)" and np.abs(np.mean(col)) > _OFFSET_SDS * sd > 0:
+                raise ValueError(
+                    f"random term(s) {' + '.join(t.text for t in model.terms)}: column {nm!r} has mean "
+                    f"{np.mean(col):.6g}, {abs(np.mean(col)) / sd:.3g} SDs from 0, where the random intercept is "
+                    "defined: intercept and slope are then nearly collinear in every group and cannot be "
+                    f"estimated to any accuracy (more than {_OFFSET_SDS:g} SDs is refused). Centre it "
+                    "(subtract its mean, or a round value near it) and refit")
+    sums, p = model.sums, model.sums.p
+    M = _centred(sums, model.names)
+    xtx = M[:p, :p]
+    z = np.linalg.solve(np.linalg.cholesky(xtx), M[:p, p])
+    _check_exact_fit(M[p, p] - z @ z, float(model.y @ model.y), M[p, p])
+    # X and a free b_g per group: project each group's Z_g out of [X y] (pseudo-inverse: S_g may be singular)
+    S = sums.ztz.transpose(2, 0, 1)
+    R = sums.wtw - np.einsum("qag,gqr,rbg->ab", sums.ztw, np.linalg.pinv(S, hermitian=True), sums.ztw)
+    rank_z = int(np.sum(np.linalg.matrix_rank(S, hermitian=True)))
+    kept = [j for j in range(p) if j not in _aliased(R[:p, :p], np.sqrt(np.diag(xtx)))]
+    if sums.n - rank_z - len(kept) <= 0:
+        raise ValueError(f"X and each group's own random-effect columns fit all {sums.n} observations exactly "
+                         f"(rank {rank_z + len(kept)} >= n): no residual degrees of freedom are left, so the "
+                         "likelihood is unbounded as sigma -> 0. Use fewer random effects or more observations")
+    zw = np.linalg.solve(np.linalg.cholesky(R[np.ix_(kept, kept)]), R[kept, p]) if kept else np.zeros(0)
+    if _exactly(R[p, p] - zw @ zw, float(model.y @ model.y), sums.wtw[p, p], per_value=2.0):
+        raise ValueError("y has no residual variation once X and each group's own random-effect columns are fitted "
+                         "(y constant within every group, say): the residual variance is zero and the likelihood "
+                         "is unbounded")
+
+
+def _centred(sums: BlockSums, names: list) -> np.ndarray:
+    """``[X y]^T [X y]`` with the columns other than the intercept centred (as is), from the block sums."""
+    M = sums.wtw.copy()
+    if "(Intercept)" in names:
+        k = names.index("(Intercept)")
+        s = M[k].copy()
+        M -= np.outer(s, s) / sums.n
+        M[k, :] = M[:, k] = 0.0
+        M[k, k] = sums.n
+    return M
+
+
+def _unidentified(model: _Model) -> tuple:
+    """The random-effect columns whose group-level parts all lie in X's column space (REML cannot estimate them).
+
+    Column j of Z stands for G columns ``z_j 1_g``; what is left of them once X is projected out has squared
+    length ``sum_g (S_g[j, j] - c_gj^T (X^T X)^-1 c_gj)`` with ``c_gj = X_g^T z_gj``, from the block sums alone.
+    """
+    sums, names, p = model.sums, model.names, model.sums.p
+    xtx = sums.wtw[:p, :p]
+    d = np.sqrt(np.diag(xtx))
+    C = sums.ztw[:, :p, :] / d[None, :, None]  # (q, p, G), X's columns scaled to unit length
+    L = np.linalg.cholesky(xtx / np.outer(d, d))
+    W = np.linalg.solve(L, C.transpose(1, 0, 2).reshape(p, -1)).reshape(p, C.shape[0], -1)
+    explained = np.einsum("pqg,pqg->q", W, W)
+    total = np.einsum("qqg->q", sums.ztz)
+    flat = [nm for bn in model.znames for nm in bn]
+    out = [nm for nm, e, t in zip(flat, explained, total) if t - e <= 1e-10 * t]
+    return tuple(dict.fromkeys(out))
+
+
 def lmm_criterion(formula: str, data: pd.DataFrame, theta, method: str = "ML") -> float:
     """lme4's profiled deviance (ML) or REML criterion of a model at a given theta (``devfun(theta)`` in lme4).
 
@@ -405,13 +498,25 @@ def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
                   terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles)
 
 
-def _warn_fit(converged: bool, singular: bool) -> bool:
+def _warn_fit(converged: bool, singular: bool, unidentified: tuple = ()) -> bool:
+    if unidentified:  # the flat directions of the criterion are why the optimiser could not settle
+        warnings.warn(f"not identified under REML: {_unidentified_text(unidentified)}; their variances and "
+                      "covariances, the BLUPs and the fixed effects' standard errors are NaN (lme4 warns that the "
+                      "Hessian is singular). Drop the group-level columns from the fixed part or fit by ML",
+                      IdentifiabilityWarning, stacklevel=4)
+        return converged
     if singular:
         warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation as "
                       "+-1 (lme4's isSingular)", stacklevel=4)
     if not converged:
-        warnings.warn("the optimiser did not converge: the estimates may not be the maximum", stacklevel=4)
+        warnings.warn("the optimiser did not converge: the estimates may not be the maximum", ConvergenceWarning,
+                      stacklevel=4)
     return converged
+
+
+def _unidentified_text(names: tuple) -> str:
+    return (f"the fixed part spans the random effect(s) {', '.join(map(repr, names))} of every group, so no "
+            "between-group information is left for them")
 
 
 def _varcorr(covs: list, znames: list, groups: list, sigma: float) -> pd.DataFrame:
@@ -440,8 +545,9 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     """
     y, names, codes, labels, factor = model.y, model.names, model.codes, model.labels, model.factor
     n, p = len(y), len(names)
+    _check_data(model)  # magnitudes first (before the block sums square anything), then the rank and the rest
     sums, index, znames = model.sums, model.index, model.znames
-    _check_rank(sums, names)
+    unident = _unidentified(model) if method == "REML" else ()
     sizes = [len(bn) for bn in znames]
     if theta is None:
         theta, converged = _optimise(sums, index, method)
@@ -468,6 +574,14 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     flat = [nm for bn in znames for nm in bn]
     ranef = pd.DataFrame(b.T, index=labels, columns=flat)
     ranef = ranef.loc[:, ~ranef.columns.duplicated()]
+    df = lambda: satterthwaite(sums, index, method, theta, sigma)  # noqa: E731
+    if unident:  # what depends on the flat directions of the criterion is meaningless
+        bad = varcorr.var1.isin(unident) | varcorr.var2.isin(unident)
+        varcorr.loc[bad, ["vcov", "sdcor"]] = np.nan
+        ranef[[c for c in ranef.columns if c in unident]] = np.nan
+        vcov = np.full_like(vcov, np.nan)
+        singular = False
+        df = lambda: np.full(p, np.nan)  # noqa: E731
     Zcols = [z for zc in model.z_cols for z in zc]
 
     def resid() -> np.ndarray:
@@ -478,9 +592,9 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
 
     return LMMFit(formula=model.formula, method=method, names=list(names), beta=beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
-                  converged=_warn_fit(converged, singular), singular=singular, n_obs=n,
+                  converged=_warn_fit(converged, singular, unident), singular=singular, n_obs=n,
                   n_groups={factor: len(labels)}, terms=tuple(t.text for t in model.terms),
-                  _df=lambda: satterthwaite(sums, index, method, theta, sigma), _resid=resid)
+                  _df=df, _resid=resid, unidentified=unident)
 
 
 def _block_groups(factor: str, k: int) -> list:

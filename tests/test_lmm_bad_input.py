@@ -1,0 +1,109 @@
+"""Bad input and unidentifiable models for lmm() with random slopes: a clear ValueError or a flagged fit, never a raw
+LinAlgError or a silently wrong answer (issue 9 section 2's kinds, for the q x q block engine)."""
+import warnings
+
+import numpy as np
+import pytest
+
+from lmm_helpers import IdentifiabilityWarning, lmm
+from lmm_helpers.data import load_dataset
+
+F = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture(scope="module")
+def ss():
+    return load_dataset("sleepstudy")
+
+
+@pytest.fixture(scope="module")
+def base(ss):
+    return lmm(F, ss)
+
+
+@pytest.mark.parametrize("shift", [1e2, 1e3])
+def test_shifted_slope_covariate_fits_the_same_model(ss, base, shift):
+    """Days + c is the same model reparametrised: the same log-likelihood and fixed slope. lme4 already returns a
+    boundary fit 17 log-likelihood units low at c = 100; here it is exact up to c = 1500 (522 SDs)."""
+    fit = lmm(F, ss.assign(Days=ss.Days + shift))
+    assert fit.loglik == pytest.approx(base.loglik, rel=1e-10)
+    assert fit.beta[1] == pytest.approx(base.beta[1], rel=1e-7)
+    assert fit.converged
+
+
+@pytest.mark.parametrize("shift", [1e4, 1e5, 1e6])
+def test_slope_covariate_far_from_zero_is_refused(ss, shift):
+    with pytest.raises(ValueError, match="column 'Days' has mean .* SDs from 0.*Centre it"):
+        lmm(F, ss.assign(Days=ss.Days + shift))
+
+
+@pytest.mark.parametrize("response, match", [
+    (lambda d: 1.0, "response is constant"),
+    (lambda d: 3.0 + 2.0 * d.Days, "fitted exactly by X"),
+    (lambda d: d.groupby("Subject").Reaction.transform("mean"), "no residual variation once X and each group"),
+    (lambda d: d.Subject.astype(int) * d.Days - 4.0, "no residual variation once X and each group"),
+    (lambda d: d.Reaction * 1e-200, "the response has values of magnitude"),
+    (lambda d: d.Reaction * 1e200, "the response has values of magnitude"),
+])
+def test_degenerate_response(ss, response, match):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning before the error
+        with pytest.raises(ValueError, match=match):
+            lmm("R ~ Days + (Days | Subject)", ss.assign(R=response))
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_column_of_extreme_magnitude(ss, scale):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="column 'Days' has values of magnitude"):
+            lmm(F, ss.assign(Days=ss.Days * scale))
+
+
+def test_no_residual_df_with_slopes():
+    """3 groups of 3 rows, (x | g) and three more covariates: X and each group's Z_g fit all 9 rows exactly
+    (rank 6 + 3 = 9), the likelihood is unbounded (lme4 checks only 6 random effects < 9 observations)."""
+    import pandas as pd
+    rng = np.random.default_rng(1)
+    d = pd.DataFrame({"g": np.repeat(["a", "b", "c"], 3), "x": rng.normal(size=9), "w": rng.normal(size=9),
+                      "v": rng.normal(size=9), "u": rng.normal(size=9), "y": rng.normal(size=9)})
+    with pytest.raises(ValueError, match="no residual degrees of freedom"):
+        lmm("y ~ x + w + v + u + (x | g)", d)
+
+
+def test_reml_with_x_spanning_all_random_effects_is_flagged(ss):
+    d = ss.assign(Subject=ss.Subject.astype(str))
+    with pytest.warns(IdentifiabilityWarning, match="'\\(Intercept\\)', 'Days'"):
+        fit = lmm("Reaction ~ Days * Subject + (Days | Subject)", d, method="REML")
+    assert not fit.identified and fit.unidentified == ("(Intercept)", "Days")
+    assert np.isnan(fit.varcorr.vcov.iloc[:3]).all() and np.isfinite(fit.sigma)
+    assert np.isnan(fit.bse).all() and np.isnan(fit.pvalues).all()
+    assert fit.random_effects["Subject"].isna().all().all()
+    assert "not identified under REML" in fit.summary() and "did not converge" not in fit.summary()
+    # sigma is identified: the REML estimate is the per-subject least-squares residual variance
+    X = np.column_stack([np.ones(len(d)), d.Days])
+    rss = sum(np.linalg.lstsq(X[m], d.Reaction[m], rcond=None)[1][0] for m in
+              (d.Subject == s for s in d.Subject.unique()))
+    assert fit.sigma == pytest.approx(np.sqrt(rss / (len(d) - 36)), rel=1e-6)
+
+
+def test_reml_with_x_spanning_the_intercepts_only(ss):
+    """X holds the subjects (intercepts spanned) but not their slopes: the slope variance stays identified."""
+    d = ss.assign(Subject=ss.Subject.astype(str))
+    with pytest.warns(IdentifiabilityWarning, match="'\\(Intercept\\)' of every group"):
+        fit = lmm("Reaction ~ Subject + (Days | Subject)", d, method="REML")
+    assert fit.unidentified == ("(Intercept)",)
+    vc = fit.varcorr.set_index(["var1"])
+    assert np.isfinite(fit.varcorr.vcov.iloc[1]) and fit.varcorr.vcov.iloc[1] > 0
+    assert np.isnan(fit.varcorr.vcov.iloc[0]) and np.isnan(fit.varcorr.vcov.iloc[2])
+    assert fit.random_effects["Subject"]["(Intercept)"].isna().all()
+    assert len(vc) == 4
+
+
+def test_ml_with_x_spanning_the_groups_is_not_flagged(ss):
+    """Under ML the criterion still depends on D (no flat directions): no identifiability flag."""
+    d = ss.assign(Subject=ss.Subject.astype(str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = lmm("Reaction ~ Subject + (Days | Subject)", d)
+    assert fit.identified
