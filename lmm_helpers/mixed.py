@@ -29,8 +29,9 @@ _SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4), on the diagonal entries o
 _HESS_TOL = 1e-8      # lmerTest's tol for the eigenvalues of the Hessian of the variance parameters
 # A random slope whose covariate's mean is more than this many SDs from 0, beside a random intercept, is refused:
 # the per-group Z_g^T Z_g then have condition numbers near the square of it. On sleepstudy with Days shifted by c
-# (the same model, reparametrised) the fit is exact to 1e-10 in the log-likelihood up to c = 1500 (522 SDs) and
-# wrong from c = 2000 (696 SDs, REML); lme4 is already wrong at c = 100 (36 SDs: a boundary fit, 17 units low).
+# (the same model, reparametrised) ML and REML reach the right criterion (to 1e-10) and pass the Newton check up to
+# c = 1500 (522 SDs); from c = 2000 (696 SDs) REML fails the check, and at c = 1e4 the slope SD is off by 1e-4
+# relative. lme4 is already wrong at c = 100 (36 SDs: a boundary fit, 17 log-likelihood units low).
 _OFFSET_SDS = 400.0
 
 
@@ -550,7 +551,7 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     unident = _unidentified(model) if method == "REML" else ()
     sizes = [len(bn) for bn in znames]
     if theta is None:
-        theta, converged = _optimise(sums, index, method)
+        theta, converged = _optimise_scaled(sums, index, method)
     else:
         theta, converged = np.asarray(theta, dtype=float), True
     ev = evaluate(theta, sums, index, method)
@@ -600,6 +601,26 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
 def _block_groups(factor: str, k: int) -> list:
     """lme4's names of the blocks of one factor in VarCorr: ``g``, ``g.1``, ``g.2`` ..."""
     return [factor if i == 0 else f"{factor}.{i}" for i in range(k)]
+
+
+def _optimise_scaled(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
+    """:func:`_optimise` with each random-effect column whose root mean square is outside [1e-2, 1e2] divided by
+    the power of 2 nearest it (exact in floating point), and theta mapped back (``Lambda = S^-1 Lambda'``).
+
+    The optimiser starts at Lambda = I, which assumes the random effects' SDs near sigma divided by their columns'
+    size: with Days in units 1e4 times larger the start was 10^8 too large and the Cholesky factor of
+    ``X^T V^-1 X`` lost positive definiteness (LinAlgError); with units 1e6 smaller the optimiser stopped on a
+    plateau 4.4 log-likelihood units low. Columns of ordinary size are left alone, so those fits do not change.
+    """
+    rms = np.sqrt(np.einsum("jjg->j", sums.ztz) / sums.n)
+    scale = np.where((rms > 0) & ((rms < 1e-2) | (rms > 1e2)), 2.0 ** np.round(np.log2(np.where(rms > 0, rms, 1.0))),
+                     1.0)
+    if np.all(scale == 1.0):
+        return _optimise(sums, index, method)
+    scaled = BlockSums(ztz=sums.ztz / np.outer(scale, scale)[:, :, None], ztw=sums.ztw / scale[:, None, None],
+                       wtw=sums.wtw, n=sums.n)
+    theta, converged = _optimise(scaled, index, method)
+    return theta / scale[index[0]], converged
 
 
 def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:

@@ -107,3 +107,19 @@ def test_ml_with_x_spanning_the_groups_is_not_flagged(ss):
         warnings.simplefilter("ignore")
         fit = lmm("Reaction ~ Subject + (Days | Subject)", d)
     assert fit.identified
+
+
+# k >= 4: theta for Days falls below 1e-4 and lme4's isSingular rule (not scale-free) calls the fit singular
+@pytest.mark.filterwarnings("ignore:boundary")
+@pytest.mark.parametrize("k", [4, 8, 16, -6, -16])
+def test_slope_covariate_in_other_units_fits_the_same_model(ss, base, k):
+    """Days in units 10^k: ML's log-likelihood is unchanged, REML's moves by exactly log(10^k) (lme4's criterion
+    has log|X^T X|). Before scaling the columns for the optimiser's start, k = 4 raised LinAlgError and k = -6
+    stopped 4.4 units low (flagged as not converged)."""
+    d = ss.assign(Days=ss.Days * 10.0**k)
+    fit = lmm(F, d)
+    assert fit.loglik == pytest.approx(base.loglik, rel=1e-10) and fit.converged
+    assert fit.beta[1] * 10.0**k == pytest.approx(base.beta[1], rel=1e-7)
+    assert fit.varcorr.sdcor.iloc[1] * 10.0**k == pytest.approx(base.varcorr.sdcor.iloc[1], rel=1e-5)
+    reml, reml0 = lmm(F, d, method="REML"), lmm(F, ss, method="REML")
+    assert reml.loglik == pytest.approx(reml0.loglik - k * np.log(10.0), rel=1e-10)
