@@ -309,6 +309,8 @@ def _build(formula: str, data: pd.DataFrame) -> _Model:
         raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     parsed = parse_formula(formula)
     _check_columns(parsed, data, formula)
+    if len(data) == 0:
+        raise ValueError("data has no rows")
     y = _response(data, parsed.response)
     names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False)
     if not names:
@@ -457,6 +459,9 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, formula: str) -> N
         if var not in data.columns:
             raise ValueError(f"formula {formula!r}: {where} uses {var!r}, which is not a column of data "
                              f"(columns: {list(map(str, data.columns))})")
+        if int(np.sum(data.columns == var)) > 1:  # data[var] would be a DataFrame, not a column
+            raise ValueError(f"formula {formula!r}: {where} uses {var!r}, which names several columns of data; "
+                             "column names must be unique")
 
 
 def _response(data: pd.DataFrame, name: str) -> np.ndarray:

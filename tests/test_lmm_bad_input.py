@@ -123,3 +123,85 @@ def test_slope_covariate_in_other_units_fits_the_same_model(ss, base, k):
     assert fit.varcorr.sdcor.iloc[1] * 10.0**k == pytest.approx(base.varcorr.sdcor.iloc[1], rel=1e-5)
     reml, reml0 = lmm(F, d, method="REML"), lmm(F, ss, method="REML")
     assert reml.loglik == pytest.approx(reml0.loglik - k * np.log(10.0), rel=1e-10)
+
+
+# ------------------------------------------------------------------------------------ data frames of odd kinds
+@pytest.fixture(scope="module")
+def hilo(ss):
+    return ss.assign(F=np.where(ss.Days > 4, "hi", "lo"))
+
+
+@pytest.mark.parametrize("missing", [None, np.nan])
+def test_missing_value_in_a_fixed_factor(hilo, missing):
+    with pytest.raises(ValueError, match="column 'F' has missing values"):
+        lmm("Reaction ~ F + (Days | Subject)", hilo.assign(F=hilo.F.where(hilo.Days != 3, missing)))
+
+
+def test_one_level_factor_in_the_fixed_part(hilo):
+    """R: 'contrasts can be applied only to factors with 2 or more levels'. Without an intercept the single
+    column is all ones (lme4 refuses that too; here it is the intercept model under another name)."""
+    with pytest.raises(ValueError, match="factor 'F' has only one level"):
+        lmm("Reaction ~ F + (Days | Subject)", hilo.assign(F="a"))
+    one = lmm("Reaction ~ 0 + F + (Days | Subject)", hilo.assign(F="a"))
+    ref = lmm("Reaction ~ 1 + (Days | Subject)", hilo)
+    assert one.names == ["Fa"] and one.loglik == pytest.approx(ref.loglik, rel=1e-12)
+
+
+def test_empty_data(ss):
+    with pytest.raises(ValueError, match="data has no rows"):
+        lmm(F, ss.iloc[:0])
+
+
+def test_duplicated_column_names(ss):
+    import pandas as pd
+    dup = pd.concat([ss, ss.Days], axis=1)
+    with pytest.raises(ValueError, match="'Days', which names several columns"):
+        lmm(F, dup)
+
+
+@pytest.mark.filterwarnings("ignore:boundary")  # lme4's theta < 1e-4 rule, as at k >= 4 above
+def test_integer_column_with_huge_values(ss, base):
+    fit = lmm(F, ss.assign(Days=ss.Days.astype(np.int64) * 10**17))
+    assert fit.loglik == pytest.approx(base.loglik, rel=1e-10) and fit.converged
+
+
+@pytest.mark.parametrize("dtype", ["Float64", "Int64"])
+def test_nullable_dtypes(ss, base, dtype):
+    assert lmm(F, ss.assign(Days=ss.Days.astype(dtype))).loglik == base.loglik
+    with pytest.raises(ValueError, match="column 'Days' .* NaN"):
+        lmm(F, ss.assign(Days=ss.Days.astype(dtype).where(ss.Days != 3, pd_na())))
+    with pytest.raises(ValueError, match="the response 'Reaction' contains NaN"):
+        lmm(F, ss.assign(Reaction=ss.Reaction.astype("Float64").where(ss.Days != 3, pd_na())))
+
+
+def pd_na():
+    import pandas as pd
+    return pd.NA
+
+
+def test_unused_categories_are_dropped_as_lme4_does(hilo):
+    """lme4's model frame drops unused levels (drop.unused.levels = TRUE): no all-zero column, and the first
+    used level is the reference."""
+    import pandas as pd
+    cat = hilo.assign(F=pd.Categorical(hilo.F, categories=["zz", "hi", "lo"]))
+    fit, ref = lmm("Reaction ~ F + (Days | Subject)", cat), lmm("Reaction ~ F + (Days | Subject)", hilo)
+    assert fit.names == ["(Intercept)", "Flo"] and fit.loglik == ref.loglik
+    grp = hilo.assign(Subject=pd.Categorical(hilo.Subject.astype(str),
+                                             categories=[*hilo.Subject.astype(str).unique(), "unused"]))
+    g = lmm(F, grp)
+    assert g.n_groups == {"Subject": 18} and len(g.random_effects["Subject"]) == 18
+
+
+@pytest.mark.parametrize("name", ["C", "I", "offset"])
+def test_columns_named_like_formula_keywords(ss, base, name):
+    fit = lmm(F.replace("Days +", f"{name} +"), ss.assign(**{name: ss.Days}))
+    assert fit.names == ["(Intercept)", name] and fit.loglik == pytest.approx(base.loglik, rel=1e-12)
+
+
+def test_rows_in_random_order_and_float_group_labels(ss, base):
+    perm = np.random.default_rng(0).permutation(len(ss))
+    assert lmm(F, ss.iloc[perm]).loglik == pytest.approx(base.loglik, rel=1e-12)
+    fl = lmm(F, ss.assign(Subject=ss.Subject.astype(int).astype(float)))
+    assert fl.loglik == pytest.approx(base.loglik, rel=1e-12)
+    with pytest.raises(ValueError, match="grouping factor 'Subject' has missing values"):
+        lmm(F, ss.assign(Subject=ss.Subject.astype(int).astype(float).where(ss.Days != 3)))
