@@ -166,7 +166,7 @@ class LMMFit:
         lines.append(f"Number of obs: {self.n_obs}, groups:  {counts}")
         lines += ["", "Fixed effects:"]
         lines += _coef_table(self.names, self.beta, self.bse, self.df, self.tvalues, self.pvalues)
-        if len(self.beta) > 1:  # lme4: format(round(corr, 3), nsmall = 3), lower triangle, left-aligned
+        if len(self.beta) > 1 and self.identified:  # lme4: format(round(corr, 3), nsmall = 3), lower triangle
             p = len(self.beta)
             cc = _format_corr(self.vcov / np.outer(self.bse, self.bse), 3)
             cells = [[cc[i * p + j] if j < i else "" for j in range(p - 1)] for i in range(1, p)]
@@ -186,8 +186,8 @@ class LMMFit:
         block's correlations rounded to 2 decimals in the lower triangle, columns left-aligned."""
         vc = self.varcorr
         diag = vc[vc.var2.isna()]
-        var = format_num(diag.vcov.to_numpy(), 4)
-        sd = format_num(diag.sdcor.to_numpy(), 4)
+        var = [v.replace("nan", "NaN") for v in format_num(diag.vcov.to_numpy(), 4)]  # R's NaN (unidentified)
+        sd = [v.replace("nan", "NaN") for v in format_num(diag.sdcor.to_numpy(), 4)]
         grps = list(dict.fromkeys(diag.grp))
         sizes = [int((diag.grp == g).sum()) for g in grps if g != "Residual"]
         width = max(sizes) - 1  # number of Corr columns
@@ -501,7 +501,8 @@ def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
                   sigma=fit.sigma, loglik=fit.loglik, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
                   converged=_warn_fit(fit.converged, bool(theta[0] < _SINGULAR_TOL)),
                   singular=bool(theta[0] < _SINGULAR_TOL), n_obs=fit.n_obs, n_groups={factor: fit.n_groups},
-                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles)
+                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles,
+                  unidentified=() if fit.identified else ("(Intercept)",))  # fit_lmm has warned
 
 
 def _warn_fit(converged: bool, singular: bool, unidentified: tuple = ()) -> bool:

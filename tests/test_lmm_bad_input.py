@@ -98,6 +98,13 @@ def test_reml_with_x_spanning_the_intercepts_only(ss):
     assert np.isnan(fit.varcorr.vcov.iloc[0]) and np.isnan(fit.varcorr.vcov.iloc[2])
     assert fit.random_effects["Subject"]["(Intercept)"].isna().all()
     assert len(vc) == 4
+    # lme4 (REML criterion 1604.601, with convergence and "nearly unidentifiable" warnings) prints an arbitrary
+    # intercept variance; the slope variance is that of (0 + Days | Subject), which is identified: the same criterion
+    alone = lmm("Reaction ~ Subject + (0 + Days | Subject)", d, method="REML")
+    assert fit.deviance == pytest.approx(alone.deviance, rel=1e-10)
+    assert fit.varcorr.vcov.iloc[1] == pytest.approx(alone.varcorr.vcov.iloc[0], rel=1e-6)
+    text = fit.summary()
+    assert "(Intercept)   NaN" in text and "Correlation of Fixed Effects" not in text
 
 
 def test_ml_with_x_spanning_the_groups_is_not_flagged(ss):
@@ -205,3 +212,12 @@ def test_rows_in_random_order_and_float_group_labels(ss, base):
     assert fl.loglik == pytest.approx(base.loglik, rel=1e-12)
     with pytest.raises(ValueError, match="grouping factor 'Subject' has missing values"):
         lmm(F, ss.assign(Subject=ss.Subject.astype(int).astype(float).where(ss.Days != 3)))
+
+
+def test_reml_intercept_only_spanned_is_flagged_through_fit_lmm(ss):
+    """(1 | g) goes to fit_lmm, which flags it; the LMMFit says so too (identified, summary)."""
+    d = ss.assign(Subject=ss.Subject.astype(str))
+    with pytest.warns(IdentifiabilityWarning):
+        fit = lmm("Reaction ~ Days + Subject + (1 | Subject)", d, method="REML")
+    assert not fit.identified and "not identified under REML" in fit.summary()
+    assert np.isnan(fit.varcorr.vcov.iloc[0]) and np.isfinite(fit.sigma)
