@@ -443,6 +443,7 @@ def lmm_criterion(formula: str, data: pd.DataFrame, theta, method: str = "ML") -
     """
     _check_method(method)
     model = _build(formula, data)
+    _check_data(model)  # the data checks of lmm: a clear ValueError rather than a LinAlgError from evaluate
     theta = np.asarray(theta, dtype=float)
     if theta.shape != model.index[0].shape:
         raise ValueError(f"theta has {theta.size} entries; {formula!r} has {model.index[0].size}")

@@ -221,3 +221,21 @@ def test_reml_intercept_only_spanned_is_flagged_through_fit_lmm(ss):
         fit = lmm("Reaction ~ Days + Subject + (1 | Subject)", d, method="REML")
     assert not fit.identified and "not identified under REML" in fit.summary()
     assert np.isnan(fit.varcorr.vcov.iloc[0]) and np.isfinite(fit.sigma)
+
+
+def test_lmm_criterion_runs_the_same_checks(ss):
+    from lmm_helpers import lmm_criterion
+    with pytest.raises(ValueError, match="response is constant"):
+        lmm_criterion("R ~ Days + (Days | Subject)", ss.assign(R=1.0), [1.0, 0.0, 1.0])
+
+
+def test_non_convergence_is_a_convergence_warning(ss, monkeypatch):
+    """The Newton check failing (forced: where it fails for real, as REML on Days + 2000 with the offset check
+    lifted, depends on the machine's BLAS) gives a ConvergenceWarning, fit_lmm's class, and a summary line."""
+    from lmm_helpers import ConvergenceWarning
+    import lmm_helpers.mixed as mixed
+    real = mixed._optimise
+    monkeypatch.setattr(mixed, "_optimise", lambda *a: (real(*a)[0], False))
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        fit = lmm(F, ss, method="REML")
+    assert not fit.converged and "did not converge" in fit.summary()
