@@ -239,3 +239,17 @@ def test_non_convergence_is_a_convergence_warning(ss, monkeypatch):
     with pytest.warns(ConvergenceWarning, match="did not converge"):
         fit = lmm(F, ss, method="REML")
     assert not fit.converged and "did not converge" in fit.summary()
+
+
+@pytest.mark.parametrize("formula, column, match", [
+    ("Reaction ~ 1 + (C | Subject)", 5.0, "column 'C' is in every group of 'Subject' a combination"),
+    ("Reaction ~ 1 + (C | Subject)", 0.0, "column 'C' is all zeros"),
+    ("Reaction ~ Days + (C | Subject)", "group", "column 'C' is in every group of 'Subject' a combination"),
+    ("Reaction ~ Days + (Days + C | Subject)", "double", "column 'C' is in every group .*'Days'"),
+])
+def test_random_effect_columns_that_cannot_be_told_apart(ss, formula, column, match):
+    """Z's columns collinear in every group: the fit had returned an arbitrary split of the variances (C = 5: 1829
+    and 102, covariance -319) without a word."""
+    c = {"group": ss.Subject.astype(int), "double": 2.0 * ss.Days}.get(column, column)
+    with pytest.raises(ValueError, match=match):
+        lmm(formula, ss.assign(C=c))
