@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import check_rank
-from .fit import _coef_table, _quantiles, fit_lmm
+from .design import _aliased, _check_exact_fit, _check_magnitude, _exactly, check_rank, group_codes
+from .fit import ConvergenceWarning, IdentifiabilityWarning, _coef_table, _quantiles, fit_lmm
 from .formula import ParsedFormula, design_columns, grouping_factor, parse_formula
 from .likelihood import _check_method
 from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
@@ -27,6 +27,12 @@ __all__ = ["LMMFit", "lmm", "lmm_criterion"]
 
 _SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4), on the diagonal entries of theta
 _HESS_TOL = 1e-8      # lmerTest's tol for the eigenvalues of the Hessian of the variance parameters
+# A random slope whose covariate's mean is more than this many SDs from 0, beside a random intercept, is refused:
+# the per-group Z_g^T Z_g then have condition numbers near the square of it. On sleepstudy with Days shifted by c
+# (the same model, reparametrised) ML and REML reach the right criterion (to 1e-10) and pass the Newton check up to
+# c = 1500 (522 SDs); from c = 2000 (696 SDs) REML fails the check, and at c = 1e4 the slope SD is off by 1e-4
+# relative. lme4 is already wrong at c = 100 (36 SDs: a boundary fit, 17 log-likelihood units low).
+_OFFSET_SDS = 400.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +82,12 @@ class LMMFit:
     terms: tuple = field(repr=False)
     _df: Callable = field(repr=False)
     _resid: Callable = field(repr=False)
+    unidentified: tuple = ()
+
+    @property
+    def identified(self) -> bool:
+        """False when REML leaves a random effect's variance unidentified (X spans that column in every group)."""
+        return not self.unidentified
 
     # ---------------------------------------------------------------------------------------- numbers
     @property
@@ -154,7 +166,7 @@ class LMMFit:
         lines.append(f"Number of obs: {self.n_obs}, groups:  {counts}")
         lines += ["", "Fixed effects:"]
         lines += _coef_table(self.names, self.beta, self.bse, self.df, self.tvalues, self.pvalues)
-        if len(self.beta) > 1:  # lme4: format(round(corr, 3), nsmall = 3), lower triangle, left-aligned
+        if len(self.beta) > 1 and self.identified:  # lme4: format(round(corr, 3), nsmall = 3), lower triangle
             p = len(self.beta)
             cc = _format_corr(self.vcov / np.outer(self.bse, self.bse), 3)
             cells = [[cc[i * p + j] if j < i else "" for j in range(p - 1)] for i in range(1, p)]
@@ -163,7 +175,9 @@ class LMMFit:
             lines += format_table(rows, [abbreviate(n) for n in self.names[:-1]], cells, right=False)
         if self.singular:
             lines += ["", "boundary (singular) fit: see help('isSingular')"]
-        if not self.converged:
+        if self.unidentified:
+            lines += ["", f"not identified under REML: {_unidentified_text(self.unidentified)}"]
+        elif not self.converged:
             lines += ["", "the optimiser did not converge: treat the estimates with caution"]
         return "\n".join(line.rstrip() for line in lines)
 
@@ -172,8 +186,8 @@ class LMMFit:
         block's correlations rounded to 2 decimals in the lower triangle, columns left-aligned."""
         vc = self.varcorr
         diag = vc[vc.var2.isna()]
-        var = format_num(diag.vcov.to_numpy(), 4)
-        sd = format_num(diag.sdcor.to_numpy(), 4)
+        var = [v.replace("nan", "NaN") for v in format_num(diag.vcov.to_numpy(), 4)]  # R's NaN (unidentified)
+        sd = [v.replace("nan", "NaN") for v in format_num(diag.sdcor.to_numpy(), 4)]
         grps = list(dict.fromkeys(diag.grp))
         sizes = [int((diag.grp == g).sum()) for g in grps if g != "Residual"]
         width = max(sizes) - 1  # number of Corr columns
@@ -304,6 +318,8 @@ def _build(formula: str, data: pd.DataFrame) -> _Model:
         raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     parsed = parse_formula(formula)
     _check_columns(parsed, data, formula)
+    if len(data) == 0:
+        raise ValueError("data has no rows")
     y = _response(data, parsed.response)
     names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False)
     if not names:
@@ -343,6 +359,109 @@ def _check_rank(sums: BlockSums, names: list) -> None:
     check_rank(xtx, names)
 
 
+def _check_data(model: _Model) -> None:
+    """fit_lmm's data checks for a model with q x q blocks: magnitudes, a covariate far from 0 beside a random
+    intercept, a y that X fits exactly, and no residual df once X and each group's own Z_g are fitted.
+
+    The last is ``fit._check_design``'s argument with Z_g in place of the group indicator: when y is fitted exactly
+    by X and a free b_g per group, sigma -> 0 sends the likelihood to infinity (lme4 checks only that there are
+    more observations than random effects, and returns a spurious fit).
+    """
+    _check_magnitude("data: the response", model.y)
+    for nm, col in [*zip(model.names, model.x_cols),
+                    *((nm, c) for bn, bc in zip(model.znames, model.z_cols) for nm, c in zip(bn, bc))]:
+        _check_magnitude(f"data: column {nm!r}", col)
+    if np.all(model.y == model.y[0]):
+        raise ValueError(f"the response is constant (every value is {model.y[0]:g}): it has no variation, so "
+                         "nothing is left for the residual variance")
+    _check_rank(model.sums, model.names)
+    znames = [nm for bn in model.znames for nm in bn]
+    zcols = [c for bc in model.z_cols for c in bc]
+    if "(Intercept)" in znames:
+        for nm, col in zip(znames, zcols):
+            sd = float(np.std(col))
+            if nm != "(Intercept)" and np.abs(np.mean(col)) > _OFFSET_SDS * sd > 0:
+                raise ValueError(
+                    f"random term(s) {' + '.join(t.text for t in model.terms)}: column {nm!r} has mean "
+                    f"{np.mean(col):.6g}, {abs(np.mean(col)) / sd:.3g} SDs from 0, where the random intercept is "
+                    "defined: intercept and slope are then nearly collinear in every group and cannot be "
+                    f"estimated to any accuracy (more than {_OFFSET_SDS:g} SDs is refused). Centre it "
+                    "(subtract its mean, or a round value near it) and refit")
+    sums, p = model.sums, model.sums.p
+    _check_z(sums, znames, model)
+    M = _centred(sums, model.names)
+    xtx = M[:p, :p]
+    z = np.linalg.solve(np.linalg.cholesky(xtx), M[:p, p])
+    _check_exact_fit(M[p, p] - z @ z, float(model.y @ model.y), M[p, p])
+    # X and a free b_g per group: project each group's Z_g out of [X y] (pseudo-inverse: S_g may be singular)
+    S = sums.ztz.transpose(2, 0, 1)
+    R = sums.wtw - np.einsum("qag,gqr,rbg->ab", sums.ztw, np.linalg.pinv(S, hermitian=True), sums.ztw)
+    rank_z = int(np.sum(np.linalg.matrix_rank(S, hermitian=True)))
+    kept = [j for j in range(p) if j not in _aliased(R[:p, :p], np.sqrt(np.diag(xtx)))]
+    if sums.n - rank_z - len(kept) <= 0:
+        raise ValueError(f"X and each group's own random-effect columns fit all {sums.n} observations exactly "
+                         f"(rank {rank_z + len(kept)} >= n): no residual degrees of freedom are left, so the "
+                         "likelihood is unbounded as sigma -> 0. Use fewer random effects or more observations")
+    zw = np.linalg.solve(np.linalg.cholesky(R[np.ix_(kept, kept)]), R[kept, p]) if kept else np.zeros(0)
+    if _exactly(R[p, p] - zw @ zw, float(model.y @ model.y), sums.wtw[p, p], per_value=2.0):
+        raise ValueError("y has no residual variation once X and each group's own random-effect columns are fitted "
+                         "(y constant within every group, say): the residual variance is zero and the likelihood "
+                         "is unbounded")
+
+
+def _check_z(sums: BlockSums, znames: list, model: _Model) -> None:
+    """Refuse a random-effect column that is, in every group, a combination of the columns before it (all zeros,
+    constant beside a random intercept, constant within each group, a multiple of another): its random effects
+    cannot be told apart from theirs, and the fit returned an arbitrary split of the variances (``(C | g)`` with
+    C = 5 gave 1829 and 102 with a covariance of -319).
+    """
+    S = sums.ztz.transpose(2, 0, 1)  # (G, q, q)
+    for j in range(len(znames)):
+        total = float(np.sum(S[:, j, j]))
+        if j:
+            proj = np.linalg.pinv(S[:, :j, :j], hermitian=True)
+            left = float(np.sum(S[:, j, j] - np.einsum("ga,gab,gb->g", S[:, j, :j], proj, S[:, j, :j])))
+        else:
+            left = total
+        if not left > 1e-10 * total:
+            why = ("all zeros" if total == 0 else f"in every group of {model.factor!r} a combination of the columns "
+                   f"before it ({', '.join(map(repr, znames[:j]))})")
+            raise ValueError(f"random term(s) {' + '.join(t.text for t in model.terms)}: column {znames[j]!r} is "
+                             f"{why}, so its random effects cannot be told apart from theirs; drop it from the "
+                             "random part")
+
+
+def _centred(sums: BlockSums, names: list) -> np.ndarray:
+    """``[X y]^T [X y]`` with the columns other than the intercept centred (as is), from the block sums."""
+    M = sums.wtw.copy()
+    if "(Intercept)" in names:
+        k = names.index("(Intercept)")
+        s = M[k].copy()
+        M -= np.outer(s, s) / sums.n
+        M[k, :] = M[:, k] = 0.0
+        M[k, k] = sums.n
+    return M
+
+
+def _unidentified(model: _Model) -> tuple:
+    """The random-effect columns whose group-level parts all lie in X's column space (REML cannot estimate them).
+
+    Column j of Z stands for G columns ``z_j 1_g``; what is left of them once X is projected out has squared
+    length ``sum_g (S_g[j, j] - c_gj^T (X^T X)^-1 c_gj)`` with ``c_gj = X_g^T z_gj``, from the block sums alone.
+    """
+    sums, names, p = model.sums, model.names, model.sums.p
+    xtx = sums.wtw[:p, :p]
+    d = np.sqrt(np.diag(xtx))
+    C = sums.ztw[:, :p, :] / d[None, :, None]  # (q, p, G), X's columns scaled to unit length
+    L = np.linalg.cholesky(xtx / np.outer(d, d))
+    W = np.linalg.solve(L, C.transpose(1, 0, 2).reshape(p, -1)).reshape(p, C.shape[0], -1)
+    explained = np.einsum("pqg,pqg->q", W, W)
+    total = np.einsum("qqg->q", sums.ztz)
+    flat = [nm for bn in model.znames for nm in bn]
+    out = [nm for nm, e, t in zip(flat, explained, total) if t - e <= 1e-10 * t]
+    return tuple(dict.fromkeys(out))
+
+
 def lmm_criterion(formula: str, data: pd.DataFrame, theta, method: str = "ML") -> float:
     """lme4's profiled deviance (ML) or REML criterion of a model at a given theta (``devfun(theta)`` in lme4).
 
@@ -361,6 +480,7 @@ def lmm_criterion(formula: str, data: pd.DataFrame, theta, method: str = "ML") -
         from .crossed import crossed_criterion
 
         return crossed_criterion(model, data, theta, method)
+    _check_data(model)  # the data checks of lmm: a clear ValueError rather than a LinAlgError from evaluate
     if theta.shape != model.index[0].shape:
         raise ValueError(f"theta has {theta.size} entries; {formula!r} has {model.index[0].size}")
     return evaluate(theta, model.sums, model.index, method).deviance
@@ -377,6 +497,9 @@ def _check_columns(parsed: ParsedFormula, data: pd.DataFrame, formula: str) -> N
         if var not in data.columns:
             raise ValueError(f"formula {formula!r}: {where} uses {var!r}, which is not a column of data "
                              f"(columns: {list(map(str, data.columns))})")
+        if int(np.sum(data.columns == var)) > 1:  # data[var] would be a DataFrame, not a column
+            raise ValueError(f"formula {formula!r}: {where} uses {var!r}, which names several columns of data; "
+                             "column names must be unique")
 
 
 def _response(data: pd.DataFrame, name: str) -> np.ndarray:
@@ -416,16 +539,29 @@ def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
                   sigma=fit.sigma, loglik=fit.loglik, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
                   converged=_warn_fit(fit.converged, bool(theta[0] < _SINGULAR_TOL)),
                   singular=bool(theta[0] < _SINGULAR_TOL), n_obs=fit.n_obs, n_groups={factor: fit.n_groups},
-                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles)
+                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles,
+                  unidentified=() if fit.identified else ("(Intercept)",))  # fit_lmm has warned
 
 
-def _warn_fit(converged: bool, singular: bool) -> bool:
+def _warn_fit(converged: bool, singular: bool, unidentified: tuple = ()) -> bool:
+    if unidentified:  # the flat directions of the criterion are why the optimiser could not settle
+        warnings.warn(f"not identified under REML: {_unidentified_text(unidentified)}; their variances and "
+                      "covariances, the BLUPs and the fixed effects' standard errors are NaN (lme4 warns that the "
+                      "Hessian is singular). Drop the group-level columns from the fixed part or fit by ML",
+                      IdentifiabilityWarning, stacklevel=4)
+        return converged
     if singular:
         warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation as "
                       "+-1 (lme4's isSingular)", stacklevel=4)
     if not converged:
-        warnings.warn("the optimiser did not converge: the estimates may not be the maximum", stacklevel=4)
+        warnings.warn("the optimiser did not converge: the estimates may not be the maximum", ConvergenceWarning,
+                      stacklevel=4)
     return converged
+
+
+def _unidentified_text(names: tuple) -> str:
+    return (f"the fixed part spans the random effect(s) {', '.join(map(repr, names))} of every group, so no "
+            "between-group information is left for them")
 
 
 def _varcorr(covs: list, znames: list, groups: list, sigma: float) -> pd.DataFrame:
@@ -454,11 +590,12 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     """
     y, names, codes, labels, factor = model.y, model.names, model.codes, model.labels, model.factor
     n, p = len(y), len(names)
+    _check_data(model)  # magnitudes first (before the block sums square anything), then the rank and the rest
     sums, index, znames = model.sums, model.index, model.znames
-    _check_rank(sums, names)
+    unident = _unidentified(model) if method == "REML" else ()
     sizes = [len(bn) for bn in znames]
     if theta is None:
-        theta, converged = _optimise(sums, index, method)
+        theta, converged = _optimise_scaled(sums, index, method)
     else:
         theta, converged = np.asarray(theta, dtype=float), True
     ev = evaluate(theta, sums, index, method)
@@ -482,6 +619,14 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     flat = [nm for bn in znames for nm in bn]
     ranef = pd.DataFrame(b.T, index=labels, columns=flat)
     ranef = ranef.loc[:, ~ranef.columns.duplicated()]
+    df = lambda: satterthwaite(sums, index, method, theta, sigma)  # noqa: E731
+    if unident:  # what depends on the flat directions of the criterion is meaningless
+        bad = varcorr.var1.isin(unident) | varcorr.var2.isin(unident)
+        varcorr.loc[bad, ["vcov", "sdcor"]] = np.nan
+        ranef[[c for c in ranef.columns if c in unident]] = np.nan
+        vcov = np.full_like(vcov, np.nan)
+        singular = False
+        df = lambda: np.full(p, np.nan)  # noqa: E731
     Zcols = [z for zc in model.z_cols for z in zc]
 
     def resid() -> np.ndarray:
@@ -492,14 +637,34 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
 
     return LMMFit(formula=model.formula, method=method, names=list(names), beta=beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
-                  converged=_warn_fit(converged, singular), singular=singular, n_obs=n,
+                  converged=_warn_fit(converged, singular, unident), singular=singular, n_obs=n,
                   n_groups={factor: len(labels)}, terms=tuple(t.text for t in model.terms),
-                  _df=lambda: satterthwaite(sums, index, method, theta, sigma), _resid=resid)
+                  _df=df, _resid=resid, unidentified=unident)
 
 
 def _block_groups(factor: str, k: int) -> list:
     """lme4's names of the blocks of one factor in VarCorr: ``g``, ``g.1``, ``g.2`` ..."""
     return [factor if i == 0 else f"{factor}.{i}" for i in range(k)]
+
+
+def _optimise_scaled(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
+    """:func:`_optimise` with each random-effect column whose root mean square is outside [1e-2, 1e2] divided by
+    the power of 2 nearest it (exact in floating point), and theta mapped back (``Lambda = S^-1 Lambda'``).
+
+    The optimiser starts at Lambda = I, which assumes the random effects' SDs near sigma divided by their columns'
+    size: with Days in units 1e4 times larger the start was 10^8 too large and the Cholesky factor of
+    ``X^T V^-1 X`` lost positive definiteness (LinAlgError); with units 1e6 smaller the optimiser stopped on a
+    plateau 4.4 log-likelihood units low. Columns of ordinary size are left alone, so those fits do not change.
+    """
+    rms = np.sqrt(np.einsum("jjg->j", sums.ztz) / sums.n)
+    scale = np.where((rms > 0) & ((rms < 1e-2) | (rms > 1e2)), 2.0 ** np.round(np.log2(np.where(rms > 0, rms, 1.0))),
+                     1.0)
+    if np.all(scale == 1.0):
+        return _optimise(sums, index, method)
+    scaled = BlockSums(ztz=sums.ztz / np.outer(scale, scale)[:, :, None], ztw=sums.ztw / scale[:, None, None],
+                       wtw=sums.wtw, n=sums.n)
+    theta, converged = _optimise(scaled, index, method)
+    return theta / scale[index[0]], converged
 
 
 def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
