@@ -8,6 +8,7 @@ df computed as lmerTest does (numDeriv's Richardson Hessian of the deviance in (
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -15,12 +16,13 @@ import pandas as pd
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
+from .design import _check_magnitude, _exactly
 from .fit import _quantiles
 from .formula import grouping_factor
-from .mixed import (_HESS_TOL, _SINGULAR_TOL, LMMFit, _check_levels, _check_rank, _richardson, _varcorr,
-                    _warn_fit)
-from .pls import ReTerm, conditional_modes, deviance_theta_sigma, pls_evaluate, pls_problem
-from .slopes import lambda_index
+from .mixed import (_HESS_TOL, _SINGULAR_TOL, LMMFit, _centred, _check_exact_fit, _check_levels, _check_rank,
+                    _check_z, _richardson, _varcorr, _warn_fit)
+from .pls import ReTerm, _term_matrix, conditional_modes, deviance_theta_sigma, pls_evaluate, pls_problem
+from .slopes import block_sums, lambda_index
 
 __all__ = ["crossed_criterion", "fit_crossed", "theta_bounds"]
 
@@ -58,12 +60,72 @@ def _problem(model, data: pd.DataFrame) -> tuple[list, list, object]:
     if len(names) + sum(q * (q + 1) // 2 for q in sizes) + 1 > n:
         raise ValueError(f"formula {formula!r}: more parameters than observations ({n})")
     prob = pls_problem([ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4]) for b in built], X, y)
-    _check_rank(prob.sums1, names)
+    _check_problem(model, built, prob)
     return built, sizes, prob
+
+
+# Above this many flops (n (p + q)^2) the dense check of rank([X, Z]) is skipped (about a second here).
+_DENSE_CHECK_FLOPS = 2e9
+
+
+def _check_crossed(model) -> None:
+    """The data checks of the one-factor routes (``mixed._check_data``) that can be made before anything is
+    squared: magnitudes of y, of X's and of Z's columns (``design._check_magnitude``), and a constant y."""
+    _check_magnitude("data: the response", model.y)
+    for nm, col in [*zip(model.names, model.x_cols),
+                    *((nm, c) for bn, bc in zip(model.znames, model.z_cols) for nm, c in zip(bn, bc))]:
+        _check_magnitude(f"data: column {nm!r}", col)
+    if np.all(model.y == model.y[0]):
+        raise ValueError(f"the response is constant (every value is {model.y[0]:g}): it has no variation, so "
+                         "nothing is left for the residual variance")
+
+
+def _check_problem(model, built: list, prob) -> None:
+    """The checks that need cross-products (after :func:`_check_crossed`): X's rank, each grouping factor's
+    random-effect columns told apart (``mixed._check_z``, the factor's terms together), a y that X fits exactly,
+    and residual degrees of freedom left once X and every random effect are fitted.
+
+    The last is ``mixed._check_data``'s argument with all of Z: when ``n <= rank([X, Z])``, or y lies in the span
+    of ``[X, Z]``, sigma -> 0 (with theta -> infinity) sends the ML likelihood to infinity. rank([X, Z]) <= p + q
+    (q random effects), so with ``n > p + q`` only the second can happen; both are decided by one dense
+    least-squares solve of y on ``[X, Z]`` with unit-length columns (SVD rank, numpy's tolerance), cheap for
+    the sizes where it matters (Penicillin: 144 x 31) and skipped above ``_DENSE_CHECK_FLOPS`` (InstEval:
+    73421 x 4100, where n exceeds p + q by a factor 18).
+    """
+    names, p, n = model.names, prob.p, prob.n
+    _check_rank(prob.sums1, names)
+    by_factor: dict = {}
+    for b in built:
+        by_factor.setdefault(b[0].factor, []).append(b)
+    for factor, bs in by_factor.items():
+        znames = [nm for b in bs for nm in b[3]]
+        cols = [b[4][:, j] for b in bs for j in range(b[4].shape[1])]
+        sums = block_sums(cols + [model.y], list(range(len(cols))), [len(cols)], bs[0][1], len(bs[0][2]))
+        _check_z(sums, znames, SimpleNamespace(factor=factor, terms=tuple(b[0] for b in bs)))
+    M = _centred(prob.sums1, names)
+    z = np.linalg.solve(np.linalg.cholesky(M[:p, :p]), M[:p, p])
+    _check_exact_fit(M[p, p] - z @ z, float(model.y @ model.y), M[p, p])
+    k = p + prob.q_total
+    if n * k * k > _DENSE_CHECK_FLOPS:
+        return
+    A = np.column_stack([model.X] + [_term_matrix(ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4]), n).toarray()
+                                     for b in built])
+    A = A / np.sqrt(np.einsum("ij,ij->j", A, A))
+    coef, _, rank, _ = np.linalg.lstsq(A, model.y, rcond=None)
+    if n <= rank:
+        raise ValueError(f"X and the random effects fit all {n} observations exactly (rank of [X, Z] {rank} >= n): "
+                         "no residual degrees of freedom are left, so the likelihood is unbounded as sigma -> 0. "
+                         "Use fewer random effects or more observations")
+    r = model.y - A @ coef
+    if _exactly(float(r @ r), float(model.y @ model.y), M[p, p], per_value=2.0):
+        raise ValueError("y has no residual variation once X and the random effects are fitted (y a sum of "
+                         "effects of the grouping factors, say): the residual variance is zero and the likelihood "
+                         "is unbounded")
 
 
 def crossed_criterion(model, data: pd.DataFrame, theta: np.ndarray, method: str) -> float:
     """lme4's ``devfun(theta)`` for a model of several grouping factors (theta in lme4's order of the terms)."""
+    _check_crossed(model)
     _, sizes, prob = _problem(model, data)
     if theta.shape != (prob.n_theta,):
         raise ValueError(f"theta has {theta.size} entries; {model.formula!r} has {prob.n_theta}")
@@ -81,6 +143,7 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
     data : DataFrame
         For the grouping factors (interactions included).
     """
+    _check_crossed(model)  # magnitudes first, before anything is squared
     formula, y, names, X = model.formula, model.y, model.names, model.X
     n, p = X.shape
     # One BLAS thread: OpenBLAS's threads lose 10-20x when the cores are shared (InstEval: 160-200 s against 6-17 s
