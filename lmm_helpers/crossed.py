@@ -153,6 +153,8 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
         built, sizes, prob = _problem(model, data)
         theta, converged = _optimise(prob, sizes, method)
         ev = pls_evaluate(theta, prob, method)
+    groups = _unique_names([b[0].factor for b in built])
+    unident = _unidentified(model, built, groups) if method == "REML" else ()
     m = n if method == "ML" else n - p
     sigma2 = ev.r2 / m
     sigma = float(np.sqrt(sigma2))
@@ -167,7 +169,6 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
         T[lambda_index([q])] = theta[start:start + q * (q + 1) // 2]
         covs.append(sigma2 * (T @ T.T))
         start += q * (q + 1) // 2
-    groups = _unique_names([b[0].factor for b in built])
     varcorr = _varcorr(covs, [list(b[3]) for b in built], groups, sigma)
     random_effects: dict = {}
     for b, mode in zip(built, modes):
@@ -177,6 +178,17 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
     n_groups: dict = {}
     for b in built:
         n_groups.setdefault(b[0].factor, len(b[2]))
+    df = lambda: _one_thread(satterthwaite_pls, prob, method, theta, sigma)  # noqa: E731
+    if unident:  # as mixed._fit_blocks: what depends on the flat directions of the criterion is meaningless
+        for grp, b in zip(groups, built):
+            cols = [nm for nm in b[3] if f"{nm} | {grp}" in unident]
+            bad = (varcorr.grp == grp) & (varcorr.var1.isin(cols) | varcorr.var2.isin(cols))
+            varcorr.loc[bad, ["vcov", "sdcor"]] = np.nan
+            frame = random_effects[b[0].factor]
+            frame[[c for c in frame.columns if c in cols]] = np.nan
+        vcov = np.full_like(vcov, np.nan)
+        singular = False
+        df = lambda: np.full(p, np.nan)  # noqa: E731
 
     def resid() -> np.ndarray:
         fitted = X @ ev.beta
@@ -186,9 +198,32 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
 
     return LMMFit(formula=formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects=random_effects,
-                  converged=_warn_fit(converged, singular), singular=singular, n_obs=n, n_groups=n_groups,
-                  terms=tuple(b[0].text for b in built),
-                  _df=lambda: _one_thread(satterthwaite_pls, prob, method, theta, sigma), _resid=resid)
+                  converged=_warn_fit(converged, singular, unident), singular=singular, n_obs=n,
+                  n_groups=n_groups, terms=tuple(b[0].text for b in built), _df=df, _resid=resid,
+                  unidentified=unident)
+
+
+def _unidentified(model, built: list, groups: list) -> tuple:
+    """The random-effect columns whose level-wise parts all lie in X's column space, ``"col | group"`` (REML
+    cannot estimate their variances: ``diameter ~ sample + (1 | sample) + ...``).
+
+    ``mixed._unidentified`` term by term: column j of a term stands for the columns ``z_j 1_g`` over its levels g;
+    what X leaves of them has squared length ``sum_g (|z_gj|^2 - c_gj^T (X^T X)^-1 c_gj)``, ``c_gj = X_g^T z_gj``.
+    """
+    X = model.X
+    xtx = X.T @ X
+    d = np.sqrt(np.diag(xtx))
+    L = np.linalg.cholesky(xtx / np.outer(d, d))
+    out = []
+    for grp, b in zip(groups, built):
+        codes, G, Z = b[1], len(b[2]), b[4]
+        for j, nm in enumerate(b[3]):
+            C = np.stack([np.bincount(codes, weights=Z[:, j] * X[:, k], minlength=G) for k in range(X.shape[1])])
+            W = np.linalg.solve(L, C / d[:, None])
+            total = float(Z[:, j] @ Z[:, j])
+            if total - float(np.einsum("pg,pg->", W, W)) <= 1e-10 * total:
+                out.append(f"{nm} | {grp}")
+    return tuple(out)
 
 
 def _one_thread(f: Callable, *args):
