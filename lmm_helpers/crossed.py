@@ -64,8 +64,9 @@ def _problem(model, data: pd.DataFrame) -> tuple[list, list, object]:
     return built, sizes, prob
 
 
-# Above this many flops (n (p + q)^2) the dense check of rank([X, Z]) is skipped (about a second here).
-_DENSE_CHECK_FLOPS = 2e9
+# Above this many flops (n (p + q)^2, about a second here) or entries (n (p + q), 80 MB) the dense check of
+# rank([X, Z]) and of y's residual on [X, Z] is skipped.
+_DENSE_CHECK_FLOPS, _DENSE_CHECK_SIZE = 2e9, 1e7
 
 
 def _check_crossed(model) -> None:
@@ -103,8 +104,9 @@ def _check_problem(model, built: list, prob) -> None:
     of ``[X, Z]``, sigma -> 0 (with theta -> infinity) sends the ML likelihood to infinity. rank([X, Z]) <= p + q
     (q random effects), so with ``n > p + q`` only the second can happen; both are decided by one dense
     least-squares solve of y on ``[X, Z]`` with unit-length columns (SVD rank, numpy's tolerance), cheap for
-    the sizes where it matters (Penicillin: 144 x 31) and skipped above ``_DENSE_CHECK_FLOPS`` (InstEval:
-    73421 x 4100, where n exceeds p + q by a factor 18).
+    the sizes where it matters (Penicillin: 144 x 31) and skipped above ``_DENSE_CHECK_FLOPS`` or
+    ``_DENSE_CHECK_SIZE`` (InstEval: 73421 x 4100, where n exceeds p + q by a factor 18, so the rank cannot reach
+    n); above them a y that X and the random effects fit exactly is not caught, nor, with n <= p + q, a full rank.
     """
     names, p, n = model.names, prob.p, prob.n
     _check_rank(prob.sums1, names)
@@ -120,7 +122,7 @@ def _check_problem(model, built: list, prob) -> None:
     z = np.linalg.solve(np.linalg.cholesky(M[:p, :p]), M[:p, p])
     _check_exact_fit(M[p, p] - z @ z, float(model.y @ model.y), M[p, p])
     k = p + prob.q_total
-    if n * k * k > _DENSE_CHECK_FLOPS:
+    if n * k * k > _DENSE_CHECK_FLOPS or n * k > _DENSE_CHECK_SIZE:
         return
     A = np.column_stack([model.X] + [_term_matrix(ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4]), n).toarray()
                                      for b in built])
