@@ -118,6 +118,15 @@ def _check_problem(model, built: list, prob) -> None:
         cols = [b[4][:, j] for b in bs for j in range(b[4].shape[1])]
         sums = block_sums(cols + [model.y], list(range(len(cols))), [len(cols)], bs[0][1], len(bs[0][2]))
         _check_z(sums, znames, SimpleNamespace(factor=factor, terms=tuple(b[0] for b in bs)))
+    for i, bi in enumerate(built):  # two factors that group the rows alike: their shared columns are one
+        for bj in built[i + 1:]:
+            G, shared = len(bi[2]), [nm for nm in bi[3] if nm in bj[3]]
+            if (bi[0].factor != bj[0].factor and shared and len(bj[2]) == G
+                    and np.unique(bi[1] * G + bj[1]).size == G):
+                raise ValueError(f"random terms {bi[0].text} and {bj[0].text}: grouping factors {bi[0].factor!r} "
+                                 f"and {bj[0].factor!r} group the rows identically, so their random effects for "
+                                 f"{', '.join(map(repr, shared))} cannot be told apart (only their sum is "
+                                 "estimable); drop one of the terms")
     M = _centred(prob.sums1, names)
     z = np.linalg.solve(np.linalg.cholesky(M[:p, :p]), M[:p, p])
     _check_exact_fit(M[p, p] - z @ z, float(model.y @ model.y), M[p, p])

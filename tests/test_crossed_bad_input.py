@@ -182,3 +182,10 @@ def test_slope_column_far_from_zero_is_refused(slope_data, shift):
     collinear columns. As on the one-factor route, more than 400 SDs from 0 is refused with a hint."""
     with pytest.raises(ValueError, match="column 'x' has mean .* SDs from 0.*Centre it"):
         lmm(FS, slope_data.assign(x=slope_data.x + shift))
+
+
+def test_two_factors_that_group_the_rows_alike(pen):
+    """plate under a second name: the criterion depends only on the sum of the two variances, and the fit had
+    split it evenly without a word (lme4 does the same)."""
+    with pytest.raises(ValueError, match="'plate' and 'p2' group the rows identically"):
+        lmm("diameter ~ 1 + (1 | plate) + (1 | p2) + (1 | sample)", pen.assign(p2="x" + pen.plate.astype(str)))

@@ -217,7 +217,9 @@ BAD = [
     ("y ~ xx + (1 | g)", r"fixed term 'xx' uses 'xx'"),
     ("yy ~ x + (1 | g)", r"the response uses 'yy'"),
     ("y ~ x + (w | g)", r"random term \(w \| g\) uses 'w'"),
-    ("y ~ x + (1 | g/f)", None),  # nested, interacting and crossed factors fit (issue 11: tests/test_crossed.py)
+    # nested, interacting and crossed factors fit (issue 11: tests/test_crossed.py); here f is constant within g, so
+    # g:f groups the rows as g does and only the sum of the two variances is estimable (lme4 splits it silently)
+    ("y ~ x + (1 | g/f)", r"grouping factors 'g' and 'f:g' group the rows identically"),
     ("y ~ x + (1 | g:f)", None),
     ("y ~ x + (1 | g) + (1 | f)", None),
     ("y ~ x + (x | g", "cannot be parsed"),
