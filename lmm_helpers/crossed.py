@@ -16,11 +16,11 @@ import pandas as pd
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
-from .design import _check_magnitude, _exactly
+from .design import _check_exact_fit, _check_magnitude, _exactly
 from .fit import _quantiles
 from .formula import grouping_factor
-from .mixed import (_HESS_TOL, _OFFSET_SDS, _SINGULAR_TOL, LMMFit, _centred, _check_exact_fit, _check_levels, _check_rank,
-                    _check_z, _richardson, _varcorr, _warn_fit)
+from .mixed import (_HESS_TOL, _OFFSET_SDS, _SINGULAR_TOL, LMMFit, _centred, _check_levels, _check_rank, _check_z,
+                    _richardson, _varcorr, _warn_fit)
 from .pls import ReTerm, _term_matrix, conditional_modes, deviance_theta_sigma, pls_evaluate, pls_problem
 from .slopes import block_sums, lambda_index
 
