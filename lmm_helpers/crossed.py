@@ -59,7 +59,10 @@ def _problem(model, data: pd.DataFrame) -> tuple[list, list, object]:
     sizes = [len(b[3]) for b in built]
     if len(names) + sum(q * (q + 1) // 2 for q in sizes) + 1 > n:
         raise ValueError(f"formula {formula!r}: more parameters than observations ({n})")
-    prob = pls_problem([ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4]) for b in built], X, y)
+    # y - mean(y) when X has an intercept (model.y_shift, as lmm's one-factor route): with y far from 0 the
+    # uncentred [X y]'[X y] - (Schur terms) loses its digits (Penicillin's diameter + 1e6 moved theta by 20%).
+    y_c = y - model.y_shift if model.y_shift else y
+    prob = pls_problem([ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4]) for b in built], X, y_c)
     _check_problem(model, built, prob)
     return built, sizes, prob
 
@@ -183,6 +186,9 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
     m = n if method == "ML" else n - p
     sigma2 = ev.r2 / m
     sigma = float(np.sqrt(sigma2))
+    beta = ev.beta.copy()
+    if model.y_shift:
+        beta[names.index("(Intercept)")] += model.y_shift
     RXi = np.linalg.solve(ev.RX, np.eye(p))
     vcov = sigma2 * (RXi.T @ RXi)
     modes = conditional_modes(ev, prob)
@@ -216,12 +222,12 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
         df = lambda: np.full(p, np.nan)  # noqa: E731
 
     def resid() -> np.ndarray:
-        fitted = X @ ev.beta
+        fitted = X @ beta
         for b, mode in zip(built, modes):
             fitted = fitted + np.einsum("ij,ij->i", b[4], mode[b[1]])
         return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
 
-    return LMMFit(formula=formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
+    return LMMFit(formula=formula, method=method, names=list(names), beta=beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects=random_effects,
                   converged=_warn_fit(converged, singular, unident), singular=singular, n_obs=n,
                   n_groups=n_groups, terms=tuple(b[0].text for b in built), _df=df, _resid=resid,
@@ -274,7 +280,7 @@ def _optimise_scaled(model, built: list, prob, sizes: list, method: str) -> tupl
     if all(np.all(sc == 1.0) for sc in scales):
         return _optimise(prob, sizes, method)
     scaled = pls_problem([ReTerm(codes=b[1], n_levels=len(b[2]), Z=b[4] / sc) for b, sc in zip(built, scales)],
-                         model.X, model.y)
+                         model.X, model.y - model.y_shift if model.y_shift else model.y)  # centred as in _problem
     theta, converged = _optimise(scaled, sizes, method)
     return theta / np.concatenate(scales)[lambda_index(sizes)[0]], converged
 

@@ -215,6 +215,26 @@ def test_lmm_dispatches_one_factor_to_its_per_group_route():
     assert list(fit.random_effects) == ["recipe:replicate"]
 
 
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_y_far_from_zero_gives_the_same_fit(ref, method):
+    """Penicillin's diameter + 1e6 changes only the intercept (by 1e6): y is centred before the PLS sums.
+
+    Uncentred, [X y]'[X y] minus the Schur terms lost its digits there (theta moved by 20%, ML, and the fit did not
+    converge); the shifted fit must equal the stored lme4 numbers as the unshifted one does.
+    """
+    formula = "diameter ~ 1 + (1 | plate) + (1 | sample)"
+    df = load("penicillin")
+    fit = lh.lmm(formula, df, method)
+    far = lh.lmm(formula, df.assign(diameter=df.diameter + 1e6), method)
+    assert far.converged
+    assert far.beta[0] - 1e6 == pytest.approx(fit.beta[0], rel=1e-9)
+    np.testing.assert_allclose(far.theta, fit.theta, rtol=1e-6)
+    assert far.loglik == pytest.approx(fit.loglik, rel=1e-12)
+    np.testing.assert_allclose(far.vcov, fit.vcov, rtol=1e-6)
+    lme4_ll = r_values(ref, "penicillin", f"lmm_crossed_{method}", "loglik").iloc[0]
+    assert far.loglik >= lme4_ll - 1e-9 * abs(lme4_ll)
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_valueerror_naming_the_term():
     df = load("penicillin")
