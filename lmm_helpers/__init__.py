@@ -23,6 +23,7 @@ from .fit import (
     IdentifiabilityWarning,
     LMMResult,
     LMMWarning,
+    SingularFitWarning,
     fit_lmm,
     fit_lmm_dense,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "LMMWarning",
     "LRTResult",
     "ProfileInterval",
+    "SingularFitWarning",
     "check_inputs",
     "covariance_matrix",
     "fit_lm",

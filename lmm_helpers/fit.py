@@ -25,8 +25,8 @@ from .likelihood import (
     profiled_loglik_dense,
 )
 
-__all__ = ["ConvergenceWarning", "DenseFit", "IdentifiabilityWarning", "LMMResult", "LMMWarning", "fit_lmm",
-           "fit_lmm_dense", "satterthwaite_df"]
+__all__ = ["ConvergenceWarning", "DenseFit", "IdentifiabilityWarning", "LMMResult", "LMMWarning",
+           "SingularFitWarning", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
 
 # theta = sigma_s^2 / sigma^2 is scale-free, so one fixed grid brackets the optimum for any data.
 _THETA_GRID = np.concatenate([[0.0], np.logspace(-8.0, 8.0, 17)])
@@ -44,6 +44,13 @@ class LMMWarning(UserWarning):
 
 class ConvergenceWarning(LMMWarning):
     """The optimum of theta was not located to full precision (``LMMResult.converged`` is False)."""
+
+
+class SingularFitWarning(LMMWarning):
+    """A boundary (singular) fit of :func:`lmm_helpers.lmm`: a variance estimated as 0 or a correlation as +-1.
+
+    A result, not an error (lme4's ``isSingular``); :func:`fit_lmm` says it in ``summary()`` and ``singular`` only.
+    """
 
 
 class IdentifiabilityWarning(LMMWarning):

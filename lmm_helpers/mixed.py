@@ -17,7 +17,8 @@ import pandas as pd
 from scipy import optimize, stats
 
 from .design import _aliased, _check_exact_fit, _check_magnitude, _exactly, check_rank, group_codes
-from .fit import ConvergenceWarning, IdentifiabilityWarning, _coef_table, _quantiles, fit_lmm
+from .fit import (ConvergenceWarning, IdentifiabilityWarning, SingularFitWarning, _coef_table, _quantiles,
+                  fit_lmm)
 from .formula import ParsedFormula, design_columns, grouping_factor, parse_formula
 from .likelihood import _check_method
 from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
@@ -552,7 +553,7 @@ def _warn_fit(converged: bool, singular: bool, unidentified: tuple = ()) -> bool
         return converged
     if singular:
         warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation as "
-                      "+-1 (lme4's isSingular)", stacklevel=4)
+                      "+-1 (lme4's isSingular)", SingularFitWarning, stacklevel=4)
     if not converged:
         warnings.warn("the optimiser did not converge: the estimates may not be the maximum", ConvergenceWarning,
                       stacklevel=4)

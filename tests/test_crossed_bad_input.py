@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmm_helpers import ConvergenceWarning, IdentifiabilityWarning, lmm, lmm_criterion
+from lmm_helpers import ConvergenceWarning, IdentifiabilityWarning, SingularFitWarning, lmm, lmm_criterion
 from lmm_helpers.data import load_dataset
 
 F = "diameter ~ 1 + (1 | plate) + (1 | sample)"
@@ -129,7 +129,7 @@ def test_reml_with_x_spanning_a_grouping_factor_is_flagged(pen):
 def test_ml_with_x_spanning_a_grouping_factor_is_a_boundary_fit(pen):
     """Under ML the sample variance goes to 0 (lme4: 'boundary (singular) fit'): flagged singular, identified,
     and the rest is the fit without (1 | sample)."""
-    with pytest.warns(UserWarning, match="boundary"):
+    with pytest.warns(SingularFitWarning, match="boundary"):
         fit = lmm("diameter ~ sample + (1 | plate) + (1 | sample)", pen)
     assert fit.identified and fit.singular
     assert "boundary (singular) fit" in fit.summary()
