@@ -1,7 +1,8 @@
 # Reference outputs from real R for LMM from Scratch.
 #
-# Run from the repository root:
-#     Rscript data/reference/make_reference.R [ROOT]
+# Run from the repository root, with address-space randomisation off (Linux's setarch; without it lme4's fits of
+# crossed factors vary between runs at 1e-7 relative, and more near a boundary: see tests/test_r_live.py):
+#     setarch -R Rscript data/reference/make_reference.R [ROOT]
 # ROOT (default ".") is where data/ is written; tests/test_r_live.py passes a temporary folder to compare a
 # fresh run of R with the stored files.
 # Needs R with lme4, nlme and lmerTest (Debian: apt-get install -y r-cran-lme4 r-cran-nlme r-cran-lmertest).
