@@ -355,8 +355,8 @@ def crossed_benchmark(out: Path = SCRATCH) -> None:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--crossed-worker", peer, str(path)]
             row = {"peer": peer}
             try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
-                row.update(json.loads(out.stdout.strip().splitlines()[-1]), status="ok")
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
+                row.update(json.loads(proc.stdout.strip().splitlines()[-1]), status="ok")
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired, FileNotFoundError) as err:
                 row["status"] = "failed: " + str(getattr(err, "stderr", "") or err).strip()[-200:]
             rows.append(row)
