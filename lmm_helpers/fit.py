@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import ModelData, check_inputs, check_rank, indicator_matrix
+from .design import check_inputs, check_rank, indicator_matrix
 from .rformat import abbreviate, format_named, format_num, format_pval, format_table, zapsmall
 from .likelihood import (
     Centring,
@@ -23,7 +23,7 @@ from .likelihood import (
     profiled_loglik_dense,
 )
 
-__all__ = ["DenseFit", "LMMResult", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
+__all__ = ["DenseFit", "LMMResult", "fit_group_sums", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
 
 # theta = sigma_s^2 / sigma^2 is scale-free, so one fixed grid brackets the optimum for any data.
 _THETA_GRID = np.concatenate([[0.0], np.logspace(-8.0, 8.0, 17)])
@@ -285,10 +285,14 @@ def _quantiles(x: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str, converged: bool,
-            centring: Centring) -> LMMResult:
-    """The result in the data's own coordinates, from the fit to the centred sums (see :func:`centre_sums`)."""
-    p, n = data.p, data.n
+def _result(sums: GroupSums, point: ProfiledPoint, method: str, converged: bool, centring: Centring,
+            names: list, labels: pd.Index, resid: Callable | None) -> LMMResult:
+    """The result in the data's own coordinates, from the fit to the centred sums (see :func:`centre_sums`).
+
+    ``resid(beta, blups, sigma)`` gives the scaled residuals' quantiles (a pass over the data); None leaves them
+    NaN (the caller computes them later, as the out-of-core route does).
+    """
+    p, n = len(names), sums.n
     sigma2 = point.sigma2
     singular = point.theta == 0.0
     T = centring.T
@@ -304,15 +308,14 @@ def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str,
     loglik = -0.5 * point.deviance
     k = p + 2
     blups = point.theta * point.d * point.resid_means
-    resid = data.y - data.X @ beta - blups[data.codes]
-    scaled = _quantiles(resid / np.sqrt(sigma2), np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+    scaled = np.full(5, np.nan) if resid is None else resid(beta, blups, float(np.sqrt(sigma2)))
     return LMMResult(
         beta=beta, sigma=float(np.sqrt(sigma2)), sigma_s=float(np.sqrt(point.theta * sigma2)),
         loglik=loglik, converged=converged, singular=singular, method=method, theta=point.theta,
         bse=bse, tvalues=tvalues, df=df, pvalues=pvalues, vcov=vcov,
         aic=-2.0 * loglik + 2 * k, bic=-2.0 * loglik + k * np.log(n),
-        random_effects=pd.Series(blups, index=data.labels, name="(Intercept)"),
-        names=data.names, n_obs=n, n_groups=data.n_groups, scaled_resid_quantiles=scaled,
+        random_effects=pd.Series(blups, index=labels, name="(Intercept)"),
+        names=list(names), n_obs=n, n_groups=sums.n_groups, scaled_resid_quantiles=scaled,
     )
 
 
@@ -346,10 +349,44 @@ def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
     """
     _check_method(method)
     data = check_inputs(y, X, groups, names, rank=False)
-    sums, centring = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))
-    _check_design(sums, centring, data.names)
-    point, converged = _minimise_theta(sums, method)
-    return _result(data, sums, point, method, converged, centring)
+
+    def resid(beta: np.ndarray, blups: np.ndarray, sigma: float) -> np.ndarray:
+        scaled = (data.y - data.X @ beta - blups[data.codes]) / sigma
+        return _quantiles(scaled, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+
+    sums = group_sums(data.y, data.X, data.codes, data.n_groups)
+    return fit_group_sums(sums, data.names, data.labels, method, resid)
+
+
+def fit_group_sums(sums: GroupSums, names: list, labels: pd.Index, method: str = "ML",
+                   resid: Callable | None = None) -> LMMResult:
+    """:func:`fit_lmm` from the sums alone: what it does after its one pass over the data.
+
+    The out-of-core route (:mod:`lmm_helpers.chunked`) gathers the same :class:`GroupSums` chunk by chunk and
+    fits them here, so both routes run the same optimiser on the same numbers.
+
+    Parameters
+    ----------
+    sums : GroupSums
+        Of the uncentred ``[X, y]`` (as :func:`lmm_helpers.likelihood.group_sums` returns them).
+    names : list of str
+        The columns of X.
+    labels : pandas.Index
+        The group labels, in the order of the sums.
+    method : {"ML", "REML"}
+    resid : callable, optional
+        ``resid(beta, blups, sigma)``: min, quartiles and max of the scaled conditional residuals; without it they
+        are NaN (they need a pass over the data, which the sums cannot replace).
+
+    Returns
+    -------
+    LMMResult
+    """
+    _check_method(method)
+    centred, centring = centre_sums(sums)
+    _check_design(centred, centring, names)
+    point, converged = _minimise_theta(centred, method)
+    return _result(centred, point, method, converged, centring, names, labels, resid)
 
 
 def _check_design(sums: GroupSums, centring: Centring, names: list) -> None:

@@ -216,6 +216,9 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
         grouping factor ``g``: ``(1 | g)``, ``(x | g)``, ``(x + z | g)``, ``(0 + x | g)``, ``(x || g)``, and sums
         of such terms.
     data : DataFrame
+        A pandas DataFrame, or a ``dask.dataframe.DataFrame`` (for data larger than memory, e.g. from
+        ``dd.read_parquet``): then the sums are gathered partition by partition and reduced, and the same
+        optimiser fits them (:func:`lmm_helpers.chunked.lmm_dask`).
     method : {"ML", "REML"}
 
     Returns
@@ -230,6 +233,9 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
         factors (not implemented yet).
     """
     _check_method(method)
+    if type(data).__module__.split(".")[0] == "dask":  # out of core: chunk sums (lmm_helpers.chunked)
+        from .chunked import lmm_dask
+        return lmm_dask(formula, data, method)
     model = _build(formula, data)
     if model.intercept_only:  # checks X itself (rank, magnitudes) from its grouped sums
         fit = fit_lmm(model.y, model.X, model.codes, method, names=model.names)
@@ -264,6 +270,13 @@ class _Model:
     def index(self) -> tuple[np.ndarray, np.ndarray]:
         return lambda_index([len(z) for z in self.znames])
 
+    def scaled_resid(self, beta: np.ndarray, b: np.ndarray, sigma: float) -> np.ndarray:
+        """Min, quartiles and max of the conditional residuals over sigma, given beta and b (q, G)."""
+        fitted = sum(bj * x for bj, x in zip(beta, self.x_cols))
+        for j, z in enumerate(z for zc in self.z_cols for z in zc):
+            fitted = fitted + z * b[j][self.codes]
+        return _quantiles((self.y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+
     @cached_property
     def sums(self) -> BlockSums:
         """The O(n) pass. Z and [X, y] share columns (a column's name fixes its values): each distinct one once."""
@@ -283,22 +296,34 @@ def _build(formula: str, data: pd.DataFrame) -> _Model:
     if not isinstance(data, pd.DataFrame):
         raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     parsed = parse_formula(formula)
+    model = _columns(formula, parsed, data)
+    _check_model(formula, parsed, model.names, [len(z) for z in model.znames], len(model.labels), len(model.y))
+    return model
+
+
+def _columns(formula: str, parsed: ParsedFormula, data: pd.DataFrame, levels: dict | None = None) -> _Model:
+    """y, the columns of X and Z, and the group codes of data (all of it, or one chunk: see
+    :mod:`lmm_helpers.chunked`); ``levels`` as for :func:`lmm_helpers.formula.design_columns`."""
     _check_columns(parsed, data, formula)
     y = _response(data, parsed.response)
-    names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False)
-    if not names:
-        raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
+    names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False, levels=levels)
     factor = parsed.random[0].factor
     if data[factor].isna().any():
         raise ValueError(f"data: grouping factor {factor!r} has missing values; drop those rows first")
     codes, labels = group_codes(data[factor])
-    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}", stack=False)
+    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}", stack=False, levels=levels)
               for t in parsed.random]
-    _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
-    if len(names) + len(parsed.random) + 1 > len(y):
-        raise ValueError(f"formula {formula!r}: more parameters than observations ({len(y)})")
     return _Model(formula=formula, y=y, names=names, x_cols=x_cols, znames=[list(b[0]) for b in blocks],
                   z_cols=[b[1] for b in blocks], terms=parsed.random, factor=factor, codes=codes, labels=labels)
+
+
+def _check_model(formula: str, parsed: ParsedFormula, names: list, sizes: list, n_levels: int, n: int) -> None:
+    """The checks that need the whole data's sizes: a fixed part with columns, and lme4's counts."""
+    if not names:
+        raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
+    _check_levels(parsed.random, sizes, n_levels, n)
+    if len(names) + len(parsed.random) + 1 > n:
+        raise ValueError(f"formula {formula!r}: more parameters than observations ({n})")
 
 
 def _check_rank(sums: BlockSums, names: list) -> None:
@@ -382,8 +407,11 @@ def _check_levels(terms: tuple, sizes: list, n_levels: int, n: int) -> None:
 
 
 # --------------------------------------------------------------------- the random intercept: fit_lmm
-def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
-    """The LMMFit of a ``(1 | g)`` model fitted by :func:`fit_lmm` (lme4's theta is sigma_s / sigma)."""
+def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index, resid: Callable | None = None) -> LMMFit:
+    """The LMMFit of a ``(1 | g)`` model fitted by :func:`fit_lmm` (lme4's theta is sigma_s / sigma).
+
+    ``resid()``, if given, computes the scaled residuals' quantiles on first use (the out-of-core route's pass).
+    """
     theta = np.array([np.sqrt(fit.theta)])
     varcorr = _varcorr([np.array([[fit.sigma_s**2]])], [["(Intercept)"]], [factor], fit.sigma)
     ranef = pd.DataFrame({"(Intercept)": fit.random_effects.to_numpy()}, index=labels)
@@ -391,7 +419,7 @@ def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
                   sigma=fit.sigma, loglik=fit.loglik, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
                   converged=_warn_fit(fit.converged, bool(theta[0] < _SINGULAR_TOL)),
                   singular=bool(theta[0] < _SINGULAR_TOL), n_obs=fit.n_obs, n_groups={factor: fit.n_groups},
-                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles)
+                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=resid or (lambda: fit.scaled_resid_quantiles))
 
 
 def _warn_fit(converged: bool, singular: bool) -> bool:
@@ -427,8 +455,8 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
 
     With ``theta`` given, no optimisation: the result at that theta (the tests hold it against R at R's theta).
     """
-    y, names, codes, labels, factor = model.y, model.names, model.codes, model.labels, model.factor
-    n, p = len(y), len(names)
+    names, labels, factor = model.names, model.labels, model.factor
+    n, p = model.sums.n, len(names)
     sums, index, znames = model.sums, model.index, model.znames
     _check_rank(sums, names)
     sizes = [len(bn) for bn in znames]
@@ -454,13 +482,9 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     flat = [nm for bn in znames for nm in bn]
     ranef = pd.DataFrame(b.T, index=labels, columns=flat)
     ranef = ranef.loc[:, ~ranef.columns.duplicated()]
-    Zcols = [z for zc in model.z_cols for z in zc]
 
     def resid() -> np.ndarray:
-        fitted = sum(bj * x for bj, x in zip(ev.beta, model.x_cols))
-        for j, z in enumerate(Zcols):
-            fitted = fitted + z * b[j][codes]
-        return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+        return model.scaled_resid(ev.beta, b, sigma)
 
     return LMMFit(formula=model.formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
