@@ -281,12 +281,207 @@ def plot(df) -> None:
     fig.savefig(RESULTS / "benchmark.png")
 
 
+# ==============================================================================================================
+# Random slopes (issue 10): y ~ x + (x | g) by ML, lmm() against mixedlm and lme4 in the same run.
+# A section of its own (its data, worker, R script, table and plot), run with --slopes.
+SLOPES_SIZES = [10**5, 10**6]
+SLOPES_ROWS_PER_GROUP = 20
+SLOPES_BETA = np.array([1.0, 0.5])
+SLOPES_D_CHOL = np.array([[0.8, 0.0], [0.12, 0.38]])  # SDs 0.8 and 0.4, correlation 0.3
+SLOPES_PEERS = ["lmm", "mixedlm", "lme4"]
+SLOPES_R_SCRIPT = r"""
+args <- commandArgs(trailingOnly = TRUE)
+dir <- args[1]; n <- as.integer(args[2]); max_rep <- as.integer(args[3]); budget <- as.numeric(args[4])
+suppressPackageStartupMessages(library(lme4))
+rd <- function(f, what) { con <- file(file.path(dir, f), "rb"); on.exit(close(con)); readBin(con, what, n, size = if (what == "integer") 4L else 8L) }
+dat <- data.frame(y = rd("y.bin", "double"), x = rd("x.bin", "double"), g = factor(rd("g.bin", "integer")))
+hwm <- function() { s <- grep("^VmHWM", readLines("/proc/self/status"), value = TRUE); as.numeric(gsub("[^0-9]", "", s)) * 1024 }
+invisible(gc())
+before <- hwm()
+times <- c()
+repeat {
+  t0 <- Sys.time(); fit <- suppressWarnings(lmer(y ~ x + (x | g), data = dat, REML = FALSE)); t1 <- Sys.time()
+  times <- c(times, as.numeric(difftime(t1, t0, units = "secs")))
+  if (length(times) == 1) peak <- hwm() - before
+  if (length(times) >= max_rep || sum(times) > budget) break
+}
+conv <- is.null(fit@optinfo$conv$lme4$messages)
+cat(jsonlite::toJSON(list(time = min(times), repeats = length(times), peak_bytes = peak,
+                          loglik = as.numeric(logLik(fit)), converged = conv), digits = NA, auto_unbox = TRUE))
+"""
+
+
+def make_slopes_data(n: int) -> dict[str, np.ndarray]:
+    """``y = 1 + 0.5 x + b0[g] + b1[g] x + e``: seeded, ``n // 20`` groups drawn at random (rows in random order)."""
+    rng = np.random.default_rng([SEED, n, 10])
+    n_groups = n // SLOPES_ROWS_PER_GROUP
+    g = rng.integers(0, n_groups, size=n).astype(np.int32)
+    x = rng.standard_normal(n)
+    b = rng.standard_normal((n_groups, 2)) @ SLOPES_D_CHOL.T
+    y = SLOPES_BETA[0] + SLOPES_BETA[1] * x + b[g, 0] + b[g, 1] * x + SIGMA * rng.standard_normal(n)
+    return {"y": y, "x": x, "g": g}
+
+
+def slopes_worker(peer: str, folder: Path) -> dict:
+    """One peer on the slopes data in ``folder``: time (best of k), peak memory rise, log-likelihood."""
+    import pandas as pd
+
+    y, x, g = (np.load(folder / f"{k}.npy") for k in ("y", "x", "g"))
+    extra = {}
+    if peer == "lmm":
+        from lmm_helpers import lmm
+
+        df = pd.DataFrame({"y": y, "x": x, "g": g})
+
+        def fit():
+            return lmm("y ~ x + (x | g)", df, "ML")
+    elif peer == "mixedlm":
+        from mixedlm import lmer
+
+        df = pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g)})
+
+        def fit():
+            return lmer("y ~ x + (x | g)", df, REML=False)
+    else:
+        raise ValueError(f"peer must be one of {SLOPES_PEERS[:2]}, got {peer!r}")
+    before = _hwm()
+    times, peak, res = [], 0, None
+    while True:
+        t0 = time.perf_counter()
+        res = fit()
+        times.append(time.perf_counter() - t0)
+        if len(times) == 1:
+            peak = _hwm() - before
+        if len(times) >= MAX_REPEATS or sum(times) > REPEAT_BUDGET_S:
+            break
+    if peer == "lmm":
+        t0 = time.perf_counter()
+        res.df  # noqa: B018 - Satterthwaite's df are computed on first use; timed apart (no peer computes them)
+        extra = {"df_time": time.perf_counter() - t0, "converged": bool(res.converged)}
+        loglik = float(res.loglik)
+    else:
+        loglik = float(res.logLik().value)
+        extra = {"converged": bool(res.converged)}
+    return {"time": min(times), "repeats": len(times), "peak_bytes": peak, "loglik": loglik, **extra}
+
+
+def slopes_main(sizes: list[int]) -> None:
+    """Run the random-slopes comparison and write benchmark_slopes.csv, .md and .png beside the others."""
+    import pandas as pd
+
+    RESULTS.mkdir(exist_ok=True)
+    load_at_start = os.getloadavg()[0]
+    have = {"lmm": available("fit_lmm"), "mixedlm": available("mixedlm"), "lme4": available("lme4")}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            folder = Path(tmp) / str(n)
+            folder.mkdir()
+            data = make_slopes_data(n)
+            for k, arr in data.items():
+                np.save(folder / f"{k}.npy", arr)
+            for k, arr in [("y", data["y"]), ("x", data["x"]), ("g", data["g"] + 1)]:
+                np.ascontiguousarray(arr).tofile(folder / f"{k}.bin")
+            input_bytes = sum(a.nbytes for a in data.values())
+            for peer in SLOPES_PEERS:
+                row = {"n": n, "groups": n // SLOPES_ROWS_PER_GROUP, "peer": peer, "input_bytes": input_bytes}
+                if not have[peer]:
+                    row["status"] = "missing"
+                elif peer == "lme4":
+                    script = folder / "fit_lme4_slopes.R"
+                    script.write_text(SLOPES_R_SCRIPT)
+                    cmd = ["Rscript", str(script), str(folder), str(n), str(MAX_REPEATS), str(REPEAT_BUDGET_S)]
+                    row.update(_run_cmd(cmd, 900.0))
+                else:
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--slopes-worker", peer, str(folder)]
+                    row.update(_run_cmd(cmd, 900.0))
+                rows.append(row)
+                print(n, peer, row.get("status"), f"{row.get('time', float('nan')):.4f}", flush=True)
+    df = pd.DataFrame(rows)
+    df.to_csv(RESULTS / "benchmark_slopes.csv", index=False)
+    _slopes_markdown(df, machine() | {"load average at start": f"{load_at_start:.2f}"})
+    _slopes_plot(df)
+
+
+def _run_cmd(cmd: list, timeout: float) -> dict:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    except subprocess.TimeoutExpired:
+        return {"status": f"skipped (too slow: over {timeout:.0f} s)"}
+    except subprocess.CalledProcessError as err:
+        return {"status": "failed: " + err.stderr.strip().splitlines()[-1][:200]}
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["status"] = "ok"
+    return res
+
+
+def _slopes_markdown(df, info: dict) -> None:
+    ours = df[df.peer == "lmm"].set_index("n")
+    lines = ["| n | groups | peer | time (s) | × lmm time | peak memory (MB) | logLik | logLik − lmm | converged |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    for _, r in df.iterrows():
+        head = f"| {r.n:,} | {r.groups:,} | {r.peer} |"
+        if r.status != "ok":
+            lines.append(head + f" {r.status} | | | | | |")
+            continue
+        ratio = r.time / ours.loc[r.n, "time"]
+        dll = r.loglik - ours.loc[r.n, "loglik"]
+        lines.append(head + f" {r.time:.4f} | {ratio:.1f} | {r.peak_bytes / 1e6:.1f} | {r.loglik:.4f} | "
+                     f"{dll:.2e} | {'yes' if r.converged else 'no (warning)'} |")
+    ok = df[df.status == "ok"]
+    reps = ", ".join(f"{p} " + "/".join(str(int(k)) for k in ok[ok.peer == p].repeats)
+                     for p in SLOPES_PEERS if (ok.peer == p).any())
+    df_times = " and ".join(f"{t:.3f} s (n = {n:,})" for n, t in zip(ours.index, ours.get("df_time", [])))
+    text = [
+        "# Benchmark: y ~ x + (x | g), maximum likelihood, about 20 rows per group, groups in random order",
+        "",
+        "Made by `python benchmarks/run_benchmarks.py --slopes`. Time: best of k repeats of the fit from a DataFrame "
+        f"already in memory (k by size: {reps}); lmm's time includes parsing the formula and building the design, "
+        "as the peers' do. Satterthwaite's df, which lmm computes on first use and neither peer computes, took a "
+        f"further {df_times}. \"logLik − lmm\" is negative when the peer stopped short of lmm's maximum.",
+        "",
+        *lines,
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "",
+    ]
+    (RESULTS / "benchmark_slopes.md").write_text("\n".join(text))
+
+
+def _slopes_plot(df) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=96)
+    for peer, marker in zip(SLOPES_PEERS, "osD"):
+        sub = df[(df.peer == peer) & (df.status == "ok")]
+        if len(sub):
+            ax.plot(sub.n, sub.time, marker=marker, label=peer)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows n (about 20 per group)")
+    ax.set_ylabel("time to fit (s, best of k)")
+    ax.set_title("y ~ x + (x | g), ML: time against n")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "benchmark_slopes.png")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", nargs=2, metavar=("PEER", "FOLDER"), help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="row counts (default 1e3 .. 1e6)")
+    parser.add_argument("--slopes", action="store_true", help="run the random-slopes comparison (lmm, mixedlm, lme4)")
+    parser.add_argument("--slopes-worker", nargs=2, metavar=("PEER", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
+    elif args.slopes_worker:
+        print(json.dumps(slopes_worker(args.slopes_worker[0], Path(args.slopes_worker[1]))))
+    elif args.slopes:
+        slopes_main(args.sizes if args.sizes != SIZES else SLOPES_SIZES)
     else:
         main(args.sizes)

@@ -58,12 +58,17 @@ class LabelledSums:
         The columns of X.
     znames : list of list of str
         The columns of each random term.
+    y_shift : float
+        What was subtracted from y before the block sums (the slopes engine centres y on a mean against
+        cancellation; chunks must all use the same value for their sums to add). 0 for the random-intercept engine,
+        which centres within groups instead.
     """
 
     labels: pd.Index
     sums: GroupSums | BlockSums
     names: list
     znames: list
+    y_shift: float = 0.0
 
     @property
     def n(self) -> int:
@@ -79,7 +84,7 @@ def _intercept_only(parsed: ParsedFormula) -> bool:
     return len(parsed.random) == 1 and parsed.random[0].terms == () and parsed.random[0].intercept
 
 
-def chunk_sums(formula: str, data: pd.DataFrame, levels: dict | None = None) -> LabelledSums:
+def chunk_sums(formula: str, data: pd.DataFrame, levels: dict | None = None, y_shift: float = 0.0) -> LabelledSums:
     """The sufficient statistics of one chunk of rows: the same code :func:`lmm_helpers.lmm` runs on all its data.
 
     Parameters
@@ -91,6 +96,10 @@ def chunk_sums(formula: str, data: pd.DataFrame, levels: dict | None = None) -> 
     levels : dict, optional
         ``{column: Index}``: the levels of every factor column of the formula in the whole data (see
         :func:`factor_levels`); needed whenever a chunk may lack a level.
+    y_shift : float
+        Subtracted from y before the block sums of a model with random slopes (the same for every chunk: e.g.
+        the mean of y over all the data, from a first pass; 0 keeps y as it is). Ignored with a random intercept
+        alone, whose sums are centred within groups.
 
     Returns
     -------
@@ -101,9 +110,11 @@ def chunk_sums(formula: str, data: pd.DataFrame, levels: dict | None = None) -> 
     if _intercept_only(parsed):
         sums = group_sums(model.y, model.X if model.x_cols else np.empty((len(model.y), 0)), model.codes,
                           len(model.labels))
+        y_shift = 0.0
     else:
-        sums = model.sums
-    return LabelledSums(labels=model.labels, sums=sums, names=model.names, znames=model.znames)
+        y_shift = float(y_shift) if "(Intercept)" in model.names else 0.0
+        sums = replace(model, y_centre=y_shift).sums
+    return LabelledSums(labels=model.labels, sums=sums, names=model.names, znames=model.znames, y_shift=y_shift)
 
 
 def merge_sums(a: LabelledSums, b: LabelledSums) -> LabelledSums:
@@ -118,6 +129,9 @@ def merge_sums(a: LabelledSums, b: LabelledSums) -> LabelledSums:
     -------
     LabelledSums
     """
+    if a.y_shift != b.y_shift:
+        raise ValueError(f"merge_sums: the chunks centred y on different values ({a.y_shift}, {b.y_shift}); "
+                         "give every chunk the same y_shift")
     if a.names != b.names or a.znames != b.znames:
         raise ValueError(f"merge_sums: the chunks have different columns ({a.names}, {a.znames} and {b.names}, "
                          f"{b.znames}); give every chunk the same factor levels")
@@ -153,7 +167,7 @@ def merge_sums(a: LabelledSums, b: LabelledSums) -> LabelledSums:
         ztw[..., ia] += sa.ztw
         ztw[..., ib] += sb.ztw
         sums = BlockSums(ztz=ztz, ztw=ztw, wtw=sa.wtw + sb.wtw, n=sa.n + sb.n)
-    return LabelledSums(labels=labels, sums=sums, names=a.names, znames=a.znames)
+    return LabelledSums(labels=labels, sums=sums, names=a.names, znames=a.znames, y_shift=a.y_shift)
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,6 +182,7 @@ class _Summed:
     labels: pd.Index
     sums: BlockSums
     resid: Callable
+    y_shift: float
 
     @cached_property
     def index(self) -> tuple[np.ndarray, np.ndarray]:
@@ -208,7 +223,7 @@ def fit_sums(formula: str, total: LabelledSums, method: str = "ML",
         return _from_fit_lmm(fit, formula, factor, labels,
                              resid=lambda: resid(fit.beta, fit.random_effects.to_numpy()[None, :], fit.sigma))
     model = _Summed(formula=formula, names=total.names, znames=total.znames, terms=parsed.random, factor=factor,
-                    labels=labels, sums=sums, resid=resid)
+                    labels=labels, sums=sums, resid=resid, y_shift=total.y_shift)
     return _fit_blocks(model, method)
 
 
@@ -230,15 +245,17 @@ def _partition(part: pd.DataFrame, i: int, columns: list) -> pd.DataFrame:
     return part[columns]
 
 
-def _partition_levels(part: pd.DataFrame, i: int, columns: list) -> dict:
-    part = _partition(part, i, columns)
-    return {c: pd.unique(part[c].astype(object) if isinstance(part[c].dtype, pd.CategoricalDtype)
-                         else part[c]) for c in columns}
+def _partition_levels(part: pd.DataFrame, i: int, columns: list, response: str) -> tuple[dict, float, int]:
+    """The first pass on one partition: the values met in each factor column, and the sum and count of y."""
+    part = _partition(part, i, columns + [response])
+    y = part[response].to_numpy(dtype=float, na_value=np.nan)
+    return ({c: pd.unique(part[c].astype(object) if isinstance(part[c].dtype, pd.CategoricalDtype)
+                          else part[c]) for c in columns}, float(np.sum(y)), len(y))
 
 
-def _union_levels(a: dict, b: dict) -> dict:
-    return {c: pd.unique(np.concatenate([np.asarray(a[c], dtype=object), np.asarray(b[c], dtype=object)]))
-            for c in a}
+def _union_levels(a: tuple, b: tuple) -> tuple[dict, float, int]:
+    return ({c: pd.unique(np.concatenate([np.asarray(a[0][c], dtype=object), np.asarray(b[0][c], dtype=object)]))
+             for c in a[0]}, a[1] + b[1], a[2] + b[2])
 
 
 def factor_levels(meta: pd.DataFrame, found: dict) -> dict:
@@ -255,8 +272,9 @@ def factor_levels(meta: pd.DataFrame, found: dict) -> dict:
     return out
 
 
-def _partition_sums(part: pd.DataFrame, i: int, columns: list, formula: str, levels: dict) -> LabelledSums:
-    return chunk_sums(formula, _partition(part, i, columns), levels)
+def _partition_sums(part: pd.DataFrame, i: int, columns: list, formula: str, levels: dict,
+                    y_shift: float) -> LabelledSums:
+    return chunk_sums(formula, _partition(part, i, columns), levels, y_shift)
 
 
 def _partition_resid(part: pd.DataFrame, i: int, columns: list, formula: str, levels: dict, beta: np.ndarray,
@@ -330,8 +348,9 @@ def lmm_dask(formula: str, data, method: str = "ML") -> LMMFit:
     them, and :func:`fit_sums` fits them with the in-memory optimiser: the numbers equal the in-memory fit of the
     same rows to rounding. It runs wherever Dask runs (threads, processes, a ``dask.distributed`` cluster).
 
-    Passes over the data: one over the factor columns of the formula for their levels (none if it has no
-    factors), one for the sums. beta, its covariance, Satterthwaite's df, the variance components, the
+    Passes over the data: a first one over the factor columns for their levels and over y for its mean (the
+    slopes engine centres y on it, as in memory; with a random intercept alone and no factor it is skipped), then
+    one for the sums. beta, its covariance, Satterthwaite's df, the variance components, the
     log-likelihood and the BLUPs (``random_effects``) all come from the sums; the scaled residuals of
     ``summary()`` need three more passes, made on first use.
 
@@ -357,12 +376,13 @@ def lmm_dask(formula: str, data, method: str = "ML") -> LMMFit:
                              f"(columns: {list(map(str, meta.columns))})")
     parts = data.to_delayed()
     factors = [c for c in columns if c not in (parsed.response, parsed.random[0].factor) and _is_factor(meta[c])]
-    levels = {}
-    if factors:
-        found = _tree([dask.delayed(_partition_levels, pure=True)(p, i, factors) for i, p in enumerate(parts)],
-                      _union_levels).compute()
+    levels, y_shift = {}, 0.0
+    if factors or not _intercept_only(parsed):  # the first pass: levels, and the mean of y to centre it on
+        found, y_sum, n = _tree([dask.delayed(_partition_levels, pure=True)(p, i, factors, parsed.response)
+                                 for i, p in enumerate(parts)], _union_levels).compute()
         levels = factor_levels(meta, found)
-    total = _tree([dask.delayed(_partition_sums, pure=True)(p, i, columns, formula, levels)
+        y_shift = y_sum / n if n and np.isfinite(y_sum) else 0.0
+    total = _tree([dask.delayed(_partition_sums, pure=True)(p, i, columns, formula, levels, y_shift)
                    for i, p in enumerate(parts)], merge_sums).compute()
     if isinstance(total.labels.dtype, pd.StringDtype):  # Dask reads strings as pyarrow's: label them as pandas
         total = replace(total, labels=total.labels.astype("str"))

@@ -18,7 +18,7 @@ from scipy import optimize, stats
 
 from .design import check_rank, group_codes
 from .fit import _coef_table, _quantiles, fit_lmm
-from .formula import ParsedFormula, RandomTerm, design_columns, parse_formula
+from .formula import ParsedFormula, design_columns, parse_formula
 from .likelihood import _check_method
 from .rformat import abbreviate, format_named, format_num, format_table, zapsmall
 from .slopes import BlockSums, block_sums, evaluate, lambda_index
@@ -68,7 +68,7 @@ class LMMFit:
     loglik: float
     theta: np.ndarray
     varcorr: pd.DataFrame
-    random_effects: dict
+    random_effects: dict = field(repr=False)
     converged: bool
     singular: bool
     n_obs: int
@@ -257,6 +257,7 @@ class _Model:
     factor: str
     codes: np.ndarray
     labels: pd.Index
+    y_centre: float | None = None  # y_shift given from outside: one chunk of data centres on the whole's mean
 
     @property
     def intercept_only(self) -> bool:
@@ -278,11 +279,24 @@ class _Model:
         return _quantiles((self.y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
 
     @cached_property
+    def y_shift(self) -> float:
+        """The mean of y, subtracted before the O(n) pass when X has an intercept (else 0).
+
+        ``y - c`` changes only the intercept (by c), not the likelihood; with y far from 0 (Oxboys' heights near
+        150) the uncentred cross-products lose digits in ``[X y]^T [X y] - sum_g C_g^T C_g``: the REML criterion
+        moved by 2e-12 relative, enough to put the optimum a hair below lme4's.
+        """
+        if self.y_centre is not None:
+            return self.y_centre
+        return float(np.mean(self.y)) if "(Intercept)" in self.names else 0.0
+
+    @cached_property
     def sums(self) -> BlockSums:
         """The O(n) pass. Z and [X, y] share columns (a column's name fixes its values): each distinct one once."""
         cols, where = [], {}
         zpairs = [(nm, c) for bn, bc in zip(self.znames, self.z_cols) for nm, c in zip(bn, bc)]
-        for nm, col in [*zip(self.names, self.x_cols), *zpairs, ("\0y", self.y)]:
+        y = self.y - self.y_shift if self.y_shift else self.y
+        for nm, col in [*zip(self.names, self.x_cols), *zpairs, ("\0y", y)]:
             if nm not in where:
                 where[nm] = len(cols)
                 cols.append(col)
@@ -425,9 +439,9 @@ def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index, resid: Calla
 def _warn_fit(converged: bool, singular: bool) -> bool:
     if singular:
         warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation as "
-                      "+-1 (lme4's isSingular)", stacklevel=3)
+                      "+-1 (lme4's isSingular)", stacklevel=4)
     if not converged:
-        warnings.warn("the optimiser did not converge: the estimates may not be the maximum", stacklevel=3)
+        warnings.warn("the optimiser did not converge: the estimates may not be the maximum", stacklevel=4)
     return converged
 
 
@@ -465,6 +479,9 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     else:
         theta, converged = np.asarray(theta, dtype=float), True
     ev = evaluate(theta, sums, index, method)
+    beta = ev.beta.copy()
+    if model.y_shift:
+        beta[names.index("(Intercept)")] += model.y_shift
     m = n if method == "ML" else n - p
     sigma2 = ev.r2 / m
     sigma = float(np.sqrt(sigma2))
@@ -484,9 +501,9 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
     ranef = ranef.loc[:, ~ranef.columns.duplicated()]
 
     def resid() -> np.ndarray:
-        return model.scaled_resid(ev.beta, b, sigma)
+        return model.scaled_resid(beta, b, sigma)
 
-    return LMMFit(formula=model.formula, method=method, names=list(names), beta=ev.beta, vcov=vcov, sigma=sigma,
+    return LMMFit(formula=model.formula, method=method, names=list(names), beta=beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
                   converged=_warn_fit(converged, singular), singular=singular, n_obs=n,
                   n_groups={factor: len(labels)}, terms=tuple(t.text for t in model.terms),
@@ -505,10 +522,9 @@ def _optimise(sums: BlockSums, index, method: str) -> tuple[np.ndarray, bool]:
     column and Lambda Lambda^T is unchanged), and an optimiser that may pass through 0 is not caught at a boundary
     it met on the way (with bounds from the start, ``0 + Days + (Days | Subject)`` stopped at a correlation of 1,
     9 log-likelihood units below lme4). Then the columns are flipped to lme4's signs and, if a diagonal entry is
-    near 0, a bounded run settles a boundary optimum exactly at 0; Newton steps with a finite-difference Hessian of the analytic gradient polish
-    and check the optimum (converged: a positive definite Hessian in the free entries and a Newton step below
-    1e-4 of theta's scale).
-    Both runs are L-BFGS-B with the analytic gradient.
+    near 0, a bounded run settles a boundary optimum exactly at 0. Both runs are L-BFGS-B with the analytic
+    gradient. Newton steps with a forward-difference Hessian of that gradient polish and check the optimum
+    (converged: a positive definite Hessian in the free entries and a Newton step below 1e-4 of theta's scale).
     """
     rows, cols = index
     diag = rows == cols

@@ -104,6 +104,9 @@ def block_sums(cols: list, z_cols: list, w_cols: list, codes: np.ndarray, n_grou
     for i in range(q):
         for k in range(m):
             ztw[i, k] = gsum(z_cols[i], w_cols[k])
+    if m > 8:  # many fixed-effect columns: one GEMM beats m (m + 1) / 2 dot products of length n
+        W = np.column_stack([cols[k] for k in w_cols])
+        return BlockSums(ztz=ztz, ztw=ztw, wtw=W.T @ W, n=int(len(codes)))
     wtw = np.empty((m, m))
     for i in range(m):
         for k in range(i, m):
@@ -113,7 +116,7 @@ def block_sums(cols: list, z_cols: list, w_cols: list, codes: np.ndarray, n_grou
             elif a == ones or b == ones:
                 wtw[i, k] = float(np.sum(cols[b if a == ones else a]))
             else:
-                wtw[i, k] = float(np.dot(cols[a], cols[b]))
+                wtw[i, k] = float(np.einsum("i,i->", cols[a], cols[b]))  # no BLAS threads (see _dot)
             wtw[k, i] = wtw[i, k]
     return BlockSums(ztz=ztz, ztw=ztw, wtw=wtw, n=int(len(codes)))
 
@@ -137,9 +140,10 @@ def lambda_index(block_sizes: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------ small matrices over all groups at once
-# Arrays of shape (a, b, G) hold one a x b matrix per group. Products of a shared q x q matrix with all groups'
-# matrices are single BLAS calls on a reshaped view (np.kron for the two-sided Lambda^T S_g Lambda); products of
-# two per-group matrices are O(q^3) vectorised operations over G, which beats einsum's generic loops here.
+# Arrays of shape (a, b, G) hold one a x b matrix per group. Products of two per-group matrices are O(q^3)
+# vectorised operations over G; products with a shared small matrix (Lambda) and sums over the groups go through
+# np.einsum's own loops, not BLAS: a multithreaded BLAS on a busy machine turned a dot product of length 5x10^4
+# from 0.1 ms into 8-38 ms (its threads wait for cores), and einsum is never worse than 3x a single-threaded BLAS.
 def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """``A_g @ B_g`` for every group; arrays (a, b, G) and (b, c, G)."""
     out = np.empty((A.shape[0], B.shape[1], A.shape[2]))
@@ -153,35 +157,47 @@ def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 
 def _sandwich(Lam: np.ndarray, S: np.ndarray) -> np.ndarray:
-    """``Lam S_g Lam^T`` for every group in one BLAS call: vec(Lam S Lam^T) = (Lam kron Lam) vec(S)."""
+    """``Lam S_g Lam^T`` for every group in one pass: vec(Lam S Lam^T) = (Lam kron Lam) vec(S)."""
     q, G = S.shape[0], S.shape[2]
-    return (np.kron(Lam, Lam) @ S.reshape(q * q, G)).reshape(Lam.shape[0], Lam.shape[0], G)
+    return np.einsum("ab,bg->ag", np.kron(Lam, Lam), S.reshape(q * q, G)).reshape(Lam.shape[0], Lam.shape[0], G)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Dot product of two vectors by einsum (single-threaded; see above)."""
+    return float(np.einsum("g,g->", a, b))
 
 
 def _sum_mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``sum_g A_g @ B_g``, arrays (a, b, G) and (b, c, G): a b c dot products of length G (BLAS, no copies;
-    a reshaped GEMM with G as its inner dimension measured 3-4 times slower)."""
+    """``sum_g A_g @ B_g``, arrays (a, b, G) and (b, c, G): a b c dot products of length G (no copies; a reshaped
+    GEMM with G as its inner dimension measured 3-4 times slower)."""
     out = np.zeros((A.shape[0], B.shape[1]))
     for i in range(A.shape[0]):
         for k in range(B.shape[1]):
-            out[i, k] = sum(np.dot(A[i, j], B[j, k]) for j in range(A.shape[1]))
+            out[i, k] = sum(_dot(A[i, j], B[j, k]) for j in range(A.shape[1]))
     return out
 
 
 def _gram(C: np.ndarray) -> np.ndarray:
-    """``sum_g C_g^T C_g`` for C (q, m, G): the symmetric m x m matrix from dot products of length G."""
+    """``sum_g C_g^T C_g`` for C (q, m, G): the symmetric m x m matrix from dot products of length G.
+
+    With many columns (m > 8: a factor with many levels among the fixed effects) the m (m + 1) / 2 dot products
+    cost more than one GEMM of the stacked (m, q G) matrix, which BLAS then runs efficiently.
+    """
     m = C.shape[1]
+    if m > 8:
+        F = C.transpose(1, 0, 2).reshape(m, -1)
+        return F @ F.T
     out = np.empty((m, m))
     for a in range(m):
         for b in range(a, m):
-            out[a, b] = out[b, a] = sum(np.dot(C[i, a], C[i, b]) for i in range(C.shape[0]))
+            out[a, b] = out[b, a] = sum(_dot(C[i, a], C[i, b]) for i in range(C.shape[0]))
     return out
 
 
 def _tri_inv(L: np.ndarray) -> np.ndarray:
-    """``L_g^-1`` for lower-triangular L (q, q, G), column by column."""
+    """``L_g^-1`` for lower-triangular L (q, q, G), column by column (only the lower triangle is filled or read)."""
     q = L.shape[0]
-    Li = np.zeros_like(L)
+    Li = np.empty_like(L)
     for j in range(q):
         Li[j, j] = 1.0 / L[j, j]
         for i in range(j + 1, q):
@@ -206,9 +222,13 @@ def _crossprod_tri(Li: np.ndarray) -> np.ndarray:
 
 
 def _chol(A: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of each ``A_g`` (q, q, G); every ``A_g`` is I + a positive semi-definite matrix."""
+    """Lower Cholesky factor of each ``A_g`` (q, q, G); every ``A_g`` is I + a positive semi-definite matrix.
+
+    Only the lower triangle is filled (np.empty: zeroing the rest cost a pass of fresh memory); every reader of L
+    here reads only the lower triangle.
+    """
     q = A.shape[0]
-    L = np.zeros_like(A)
+    L = np.empty_like(A)
     for j in range(q):
         d = A[j, j].copy()
         for k in range(j):
@@ -296,14 +316,13 @@ def evaluate(theta: np.ndarray, sums: BlockSums, index: tuple[np.ndarray, np.nda
     Lambda^T``, ``P_g = Z_g^T X_g``, ``G = R_X R_X^T``.
     """
     q, p, n, G = sums.q, sums.p, sums.n, sums.n_groups
-    m_cols = p + 1
     Lam = np.zeros((q, q))
     Lam[index] = theta
     dq = np.arange(q)
     A = _sandwich(Lam.T, sums.ztz)                                       # Lambda^T S_g Lambda
     A[dq, dq] += 1.0
     L = _chol(A)
-    B = (Lam.T @ sums.ztw.reshape(q, m_cols * G)).reshape(q, m_cols, G)  # Lambda^T Z_g^T [X y]
+    B = np.einsum("ji,jmg->img", Lam, sums.ztw)                            # Lambda^T Z_g^T [X y]
     C = _forward(L, B)
     M = sums.wtw - _gram(C)
     R = np.linalg.cholesky(M)
@@ -312,7 +331,7 @@ def evaluate(theta: np.ndarray, sums: BlockSums, index: tuple[np.ndarray, np.nda
     ldL2 = 2.0 * float(np.sum(np.log(L[dq, dq])))
     ldRX2 = 2.0 * float(np.sum(np.log(np.diag(RX))))
     beta = np.linalg.solve(RX.T, R[p, :p])
-    u = _backward(L, C[:, p] - np.matmul(beta, C[:, :p]))
+    u = _backward(L, C[:, p] - np.einsum("p,ipg->ig", beta, C[:, :p]))
     m = n if method == "ML" else n - p
     deviance = ldL2 + m * (1.0 + np.log(2.0 * np.pi * r2 / m))
     if method == "REML":
@@ -321,21 +340,21 @@ def evaluate(theta: np.ndarray, sums: BlockSums, index: tuple[np.ndarray, np.nda
     if gradient:
         rows, cols = index
         Ainv = _crossprod_tri(_tri_inv(L))                               # A_g^-1 = L_g^-T L_g^-1
-        LamAinv = (Lam @ Ainv.reshape(q, q * G)).reshape(q, q, G)          # Lambda A_g^-1
+        LamAinv = np.einsum("ij,jkg->ikg", Lam, Ainv)                     # Lambda A_g^-1
         g_ld = 2.0 * _sum_mm(sums.ztz, LamAinv)
         P = sums.ztw[:, :p]
-        resid_z = sums.ztw[:, p] - np.matmul(beta, P)                    # Z_g^T (y_g - X_g beta)
-        Lu = Lam @ u
+        resid_z = sums.ztw[:, p] - np.einsum("p,ipg->ig", beta, P)       # Z_g^T (y_g - X_g beta)
+        Lu = np.einsum("ij,jg->ig", Lam, u)
         v = resid_z - np.stack([sum(sums.ztz[i, j] * Lu[j] for j in range(q)) for i in range(q)])
-        g_r2 = -2.0 * np.array([[np.dot(v[i], u[j]) for j in range(q)] for i in range(q)])
+        g_r2 = -2.0 * np.array([[_dot(v[i], u[j]) for j in range(q)] for i in range(q)])
         g_rx = np.zeros((q, q))
         if method == "REML":
             Ginv = np.linalg.solve(RX.T, np.linalg.solve(RX, np.eye(p)))
-            PG = np.matmul(Ginv, P)                                       # G^-1 P_g^T, per group (q, p, G)
+            PG = np.einsum("ab,ibg->iag", Ginv, P)                        # G^-1 P_g^T, per group (q, p, G)
             PGP = np.empty((q, q, G))
             for i in range(q):
                 for j in range(i, q):
-                    PGP[i, j] = PGP[j, i] = np.sum(PG[i] * P[j], axis=0)
+                    PGP[i, j] = PGP[j, i] = np.einsum("ag,ag->g", PG[i], P[j])
             K = -_mm(sums.ztz, _sandwich(Lam, Ainv))                      # I - S_g Lambda A_g^-1 Lambda^T
             K[dq, dq] += 1.0
             g_rx = -2.0 * _sum_mm(_mm(K, PGP), LamAinv)
