@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import ModelData, _aliased, _check_exact_fit, _exactly, check_inputs, check_rank, indicator_matrix
+from .design import _aliased, _check_exact_fit, _exactly, check_inputs, check_rank, indicator_matrix
 from .rformat import abbreviate, format_named, format_num, format_pval, format_table, zapsmall
 from .likelihood import (
     Centring,
@@ -26,7 +26,7 @@ from .likelihood import (
 )
 
 __all__ = ["ConvergenceWarning", "DenseFit", "IdentifiabilityWarning", "LMMResult", "LMMWarning",
-           "SingularFitWarning", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
+           "SingularFitWarning", "fit_group_sums", "fit_lmm", "fit_lmm_dense", "satterthwaite_df"]
 
 # theta = sigma_s^2 / sigma^2 is scale-free, so one fixed grid brackets the optimum for any data.
 _THETA_GRID = np.concatenate([[0.0], np.logspace(-8.0, 8.0, 17)])
@@ -348,18 +348,21 @@ def _quantiles(x: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str, converged: bool,
-            centring: Centring, identified: bool = True) -> LMMResult:
+def _result(sums: GroupSums, point: ProfiledPoint, method: str, converged: bool, centring: Centring,
+            names: list, labels: pd.Index, resid: Callable | None, identified: bool = True) -> LMMResult:
     """The result in the data's own coordinates, from the fit to the centred sums (see :func:`centre_sums`).
+
+    ``resid(beta, blups, sigma)`` gives the scaled residuals' quantiles (a pass over the data); None leaves them
+    NaN (the caller computes them later, as the out-of-core route does).
 
     ``identified=False`` (REML, X spanning the group indicators; ``point`` is then at theta = 0, where the flat
     criterion is as good as anywhere): ``sigma_s``, theta and the BLUPs are NaN, and so are the SE, t, df and p of
     each coefficient whose variance depends on ``sigma_s``. A coefficient ``c^T beta`` whose least-squares
     weights ``a = X (X^T X)^-1 c`` sum to zero in every group has variance ``sigma^2 |a|^2`` whatever
     ``sigma_s`` is, and its t has an exact t distribution on ``n - p`` df (the residuals are free of the
-    random effects, which X absorbs).
+    random effects, which X absorbs). The residuals are then those of X alone (``resid`` gets zero BLUPs).
     """
-    p, n = data.p, data.n
+    p, n = len(names), sums.n
     sigma2 = point.sigma2
     singular = point.theta == 0.0
     T = centring.T
@@ -371,7 +374,7 @@ def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str,
         vcov = sigma2 * (LinvT.T @ LinvT)
     var = np.diag(vcov)
     for j in np.flatnonzero(~((var > 0) & np.isfinite(var))):  # y in 1e-99 units and a column in 1e99 units
-        raise ValueError(f"X: column {data.names[j]!r} and y are in units so far apart that the variance of its "
+        raise ValueError(f"X: column {names[j]!r} and y are in units so far apart that the variance of its "
                          f"coefficient ({'under 1e-308' if var[j] == 0 else 'over 1e308'}) does not fit in double "
                          "precision; rescale one of them (change its units)")
     bse = np.sqrt(var)
@@ -391,9 +394,10 @@ def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str,
     pvalues = 2.0 * stats.t.sf(np.abs(tvalues), df)
     loglik = -0.5 * point.deviance
     k = p + 2
-    blups = point.theta * point.d * point.resid_means if identified else np.full(data.n_groups, np.nan)
-    resid = data.y - data.X @ beta - (blups[data.codes] if identified else 0.0)
-    scaled = _quantiles(resid / np.sqrt(sigma2), np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+    blups = point.theta * point.d * point.resid_means if identified else np.full(sums.n_groups, np.nan)
+    sigma = float(np.sqrt(sigma2))
+    scaled = (np.full(5, np.nan) if resid is None
+              else resid(beta, blups if identified else np.zeros(sums.n_groups), sigma))
     return LMMResult(
         beta=beta, sigma=float(np.sqrt(sigma2)),
         sigma_s=float(np.sqrt(point.theta * sigma2)) if identified else float("nan"),
@@ -401,8 +405,8 @@ def _result(data: ModelData, sums: GroupSums, point: ProfiledPoint, method: str,
         theta=point.theta if identified else float("nan"),
         bse=bse, tvalues=tvalues, df=df, pvalues=pvalues, vcov=vcov,
         aic=-2.0 * loglik + 2 * k, bic=-2.0 * loglik + k * np.log(n),
-        random_effects=pd.Series(blups, index=data.labels, name="(Intercept)"),
-        names=data.names, n_obs=n, n_groups=data.n_groups, scaled_resid_quantiles=scaled, identified=identified,
+        random_effects=pd.Series(blups, index=labels, name="(Intercept)"),
+        names=list(names), n_obs=n, n_groups=sums.n_groups, scaled_resid_quantiles=scaled, identified=identified,
     )
 
 
@@ -447,20 +451,77 @@ def fit_lmm(y, X, groups, method: str = "ML", *, names=None) -> LMMResult:
     """
     _check_method(method)
     data = check_inputs(y, X, groups, names, rank=False)
-    sums, centring = centre_sums(group_sums(data.y, data.X, data.codes, data.n_groups))
-    between_df = _check_design(sums, centring, data.names)
+
+    def resid(beta: np.ndarray, blups: np.ndarray, sigma: float) -> np.ndarray:
+        scaled = (data.y - data.X @ beta - blups[data.codes]) / sigma
+        return _quantiles(scaled, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+
+    sums = group_sums(data.y, data.X, data.codes, data.n_groups)
+    return _fit_sums(sums, data.names, data.labels, method, resid)
+
+
+def fit_group_sums(sums: GroupSums, names: list, labels: pd.Index, method: str = "ML",
+                   resid: Callable | None = None) -> LMMResult:
+    """:func:`fit_lmm` from the sums alone: what it does after its one pass over the data.
+
+    The out-of-core route (:mod:`lmm_helpers.chunked`) gathers the same :class:`GroupSums` chunk by chunk and
+    fits them here, so both routes run the same optimiser on the same numbers, and the same checks.
+
+    Which checks need the data: every check of X and y that :func:`fit_lmm` makes after :func:`check_inputs`
+    (rank, a constant column beside the intercept, an exact fit, no residual df, no within-group variation, REML
+    identifiability) reads only these sums (:func:`_check_design`), so it runs here on the reduced sums. What
+    needs the values themselves is :func:`check_inputs` (shapes, NaN/inf, magnitudes, labels): in memory
+    :func:`fit_lmm` runs it on all the data; the Dask route runs the per-value checks (NaN/inf, magnitudes) on
+    each chunk as it builds its columns, which is the same check since they look at one value at a time.
+
+    Parameters
+    ----------
+    sums : GroupSums
+        Of the uncentred ``[X, y]`` (as :func:`lmm_helpers.likelihood.group_sums` returns them).
+    names : list of str
+        The columns of X.
+    labels : pandas.Index
+        The group labels, in the order of the sums.
+    method : {"ML", "REML"}
+    resid : callable, optional
+        ``resid(beta, blups, sigma)``: min, quartiles and max of the scaled conditional residuals; without it they
+        are NaN (they need a pass over the data, which the sums cannot replace).
+
+    Returns
+    -------
+    LMMResult
+
+    Raises
+    ------
+    ValueError
+        As :func:`fit_lmm`, for the checks made from the sums.
+
+    Warns
+    -----
+    IdentifiabilityWarning, ConvergenceWarning
+        As :func:`fit_lmm`.
+    """
+    return _fit_sums(sums, names, labels, method, resid)
+
+
+def _fit_sums(sums: GroupSums, names: list, labels: pd.Index, method: str, resid: Callable | None) -> LMMResult:
+    """The body of :func:`fit_lmm` and :func:`fit_group_sums` (their warnings point at their caller's line)."""
+    _check_method(method)
+    centred, centring = centre_sums(sums)
+    between_df = _check_design(centred, centring, names)
     if method == "REML" and between_df == 0:
-        result = _result(data, sums, profiled_deviance(0.0, sums, method), method, True, centring, identified=False)
+        result = _result(centred, profiled_deviance(0.0, centred, method), method, True, centring, names, labels,
+                         resid, identified=False)
         warnings.warn("sigma_s is not identified: the columns of X span the group indicators, so no between-group "
                       "degrees of freedom are left and the REML criterion does not depend on sigma_s; sigma_s and "
                       "the standard errors that depend on it are NaN (lme4 warns that the Hessian is singular). "
-                      "Drop the group-level columns or fit by ML", IdentifiabilityWarning, stacklevel=2)
+                      "Drop the group-level columns or fit by ML", IdentifiabilityWarning, stacklevel=3)
         return result
-    point, converged = _minimise_theta(sums, method)
-    result = _result(data, sums, point, method, converged, centring)
+    point, converged = _minimise_theta(centred, method)
+    result = _result(centred, point, method, converged, centring, names, labels, resid)
     if not converged:
         warnings.warn("fit_lmm did not converge: the optimum of sigma_s/sigma was not located to full precision, "
-                      "so the estimates may be off", ConvergenceWarning, stacklevel=2)
+                      "so the estimates may be off", ConvergenceWarning, stacklevel=3)
     return result
 
 

@@ -226,8 +226,26 @@ def _is_factor(col: pd.Series) -> bool:
     return not pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)
 
 
-def _factor(col: pd.Series, name: str) -> tuple[np.ndarray, list]:
-    """Integer codes and level names of a factor column (a categorical's own levels, else sorted values)."""
+def _level_name(v) -> str:
+    return "TRUE" if v is True or v is np.True_ else "FALSE" if v is False or v is np.False_ else str(v)
+
+
+def _factor(col: pd.Series, name: str, levels: pd.Index | None = None) -> tuple[np.ndarray, list]:
+    """Integer codes and level names of a factor column (a categorical's own levels, else sorted values).
+
+    With ``levels`` given (the levels of the whole data, when ``col`` is one chunk of it), the codes are against
+    those: a level this chunk lacks keeps its column (all zeros here), as it must for chunks' sums to add.
+    """
+    if levels is not None:
+        values = col.astype(object) if isinstance(col.dtype, pd.CategoricalDtype) else col
+        codes = pd.Index(levels).get_indexer(values)
+        if np.any(codes < 0):
+            bad = values[codes < 0]
+            if bad.isna().any():
+                raise ValueError(f"data: column {name!r} has missing values; drop those rows first (R's na.omit)")
+            raise ValueError(f"data: column {name!r} has the level {bad.iloc[0]!r}, not among its levels "
+                             f"{list(levels)}")
+        return codes, [_level_name(v) for v in levels]
     if isinstance(col.dtype, pd.CategoricalDtype):
         cat = col.cat.remove_unused_categories()
         codes, levels = cat.cat.codes.to_numpy(), [str(c) for c in cat.cat.categories]
@@ -240,7 +258,7 @@ def _factor(col: pd.Series, name: str) -> tuple[np.ndarray, list]:
 
 
 def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str,
-                   stack: bool = True) -> tuple[list, np.ndarray | list]:
+                   stack: bool = True, levels: dict | None = None) -> tuple[list, np.ndarray | list]:
     """The model matrix of ``terms`` (R's ``model.matrix``): column names and an (n, p) float array.
 
     Parameters
@@ -253,6 +271,9 @@ def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str,
         Which part of the formula, for messages.
     stack : bool
         False: the columns as a list of contiguous 1-D arrays (no (n, p) copy; what the O(n) pass reads).
+    levels : dict, optional
+        ``{column: Index of its levels}`` for factor columns, when ``data`` is one chunk of a larger data set
+        (the levels of the whole, in R's order); by default each factor's levels are those in ``data``.
     """
     n = len(data)
     present = {frozenset()} if intercept else set()
@@ -264,15 +285,15 @@ def design_columns(data: pd.DataFrame, terms, intercept: bool, where: str,
             col = data[var]
             if _is_factor(col):
                 if var not in cache:
-                    cache[var] = _factor(col, var)
-                codes, levels = cache[var]
+                    cache[var] = _factor(col, var, (levels or {}).get(var))
+                codes, labs = cache[var]  # not ``levels``: that is the whole data's, for the next factor
                 contrast = frozenset(term) - {var} in present
-                use = levels[1:] if contrast else levels
-                if contrast and len(levels) < 2:
-                    raise ValueError(f"{where}: factor {var!r} has only one level ({levels[0]!r}); "
+                use = labs[1:] if contrast else labs
+                if contrast and len(labs) < 2:
+                    raise ValueError(f"{where}: factor {var!r} has only one level ({labs[0]!r}); "
                                      "drop it from the formula")
                 new = [(f"{var}{lev}", (codes == k).astype(float))
-                       for k, lev in enumerate(levels) if lev in use]
+                       for k, lev in enumerate(labs) if lev in use]
             else:
                 values = col.to_numpy(dtype=float, na_value=np.nan)
                 if not np.all(np.isfinite(values)):

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from .design import _aliased, _check_exact_fit, _check_magnitude, _exactly, check_rank, group_codes
+from .design import _aliased, _check_exact_fit, _check_magnitude, _exactly, check_rank
 from .fit import (ConvergenceWarning, IdentifiabilityWarning, SingularFitWarning, _coef_table, _quantiles,
                   fit_lmm)
 from .formula import ParsedFormula, design_columns, grouping_factor, parse_formula
@@ -231,6 +231,9 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
         grouping factor ``g``: ``(1 | g)``, ``(x | g)``, ``(x + z | g)``, ``(0 + x | g)``, ``(x || g)``, and sums
         of such terms.
     data : DataFrame
+        A pandas DataFrame, or a ``dask.dataframe.DataFrame`` (for data larger than memory, e.g. from
+        ``dd.read_parquet``): then the sums are gathered partition by partition and reduced, and the same
+        optimiser fits them (:func:`lmm_helpers.chunked.lmm_dask`).
     method : {"ML", "REML"}
 
     Returns
@@ -245,6 +248,9 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
         factors (not implemented yet).
     """
     _check_method(method)
+    if type(data).__module__.split(".")[0] == "dask":  # out of core: chunk sums (lmm_helpers.chunked)
+        from .chunked import lmm_dask
+        return lmm_dask(formula, data, method)
     model = _build(formula, data)
     if model.crossed:  # several grouping factors: lme4's general algorithm
         from .crossed import fit_crossed
@@ -270,6 +276,7 @@ class _Model:
     factor: str
     codes: np.ndarray
     labels: pd.Index
+    y_centre: float | None = None  # y_shift given from outside: one chunk of data centres on the whole's mean
 
     @property
     def crossed(self) -> bool:
@@ -288,6 +295,13 @@ class _Model:
     def index(self) -> tuple[np.ndarray, np.ndarray]:
         return lambda_index([len(z) for z in self.znames])
 
+    def scaled_resid(self, beta: np.ndarray, b: np.ndarray, sigma: float) -> np.ndarray:
+        """Min, quartiles and max of the conditional residuals over sigma, given beta and b (q, G)."""
+        fitted = sum(bj * x for bj, x in zip(beta, self.x_cols))
+        for j, z in enumerate(z for zc in self.z_cols for z in zc):
+            fitted = fitted + z * b[j][self.codes]
+        return _quantiles((self.y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+
     @cached_property
     def y_shift(self) -> float:
         """The mean of y, subtracted before the O(n) pass when X has an intercept (else 0).
@@ -296,6 +310,8 @@ class _Model:
         150) the uncentred cross-products lose digits in ``[X y]^T [X y] - sum_g C_g^T C_g``: the REML criterion
         moved by 2e-12 relative, enough to put the optimum a hair below lme4's.
         """
+        if self.y_centre is not None:
+            return self.y_centre
         return float(np.mean(self.y)) if "(Intercept)" in self.names else 0.0
 
     @cached_property
@@ -319,23 +335,40 @@ def _build(formula: str, data: pd.DataFrame) -> _Model:
         raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     parsed = parse_formula(formula)
     _check_columns(parsed, data, formula)
-    if len(data) == 0:
+    if len(data) == 0:  # here, not in _columns: one chunk of the data may have no rows
         raise ValueError("data has no rows")
+    model = _columns(formula, parsed, data)
+    n_levels = None if model.labels is None else len(model.labels)  # crossed: crossed.py checks term by term
+    _check_model(formula, parsed, model.names, [len(z) for z in model.znames], n_levels, len(model.y))
+    return model
+
+
+def _columns(formula: str, parsed: ParsedFormula, data: pd.DataFrame, levels: dict | None = None) -> _Model:
+    """y, the columns of X and Z, and the group codes of data (all of it, or one chunk: see
+    :mod:`lmm_helpers.chunked`); ``levels`` as for :func:`lmm_helpers.formula.design_columns`."""
+    _check_columns(parsed, data, formula)
     y = _response(data, parsed.response)
-    names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False)
-    if not names:
-        raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
-    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}", stack=False)
+    names, x_cols = design_columns(data, parsed.fixed, parsed.intercept, "fixed part", stack=False, levels=levels)
+    blocks = [design_columns(data, t.terms, t.intercept, f"random term {t.text}", stack=False, levels=levels)
               for t in parsed.random]
     factor, codes, labels = None, None, None
     if len({t.factor for t in parsed.random}) == 1:  # several factors: crossed.py checks term by term
         factor = parsed.random[0].factor
         codes, labels = grouping_factor(data, parsed.random[0])
-        _check_levels(parsed.random, [len(b[0]) for b in blocks], len(labels), len(y))
-    if len(names) + len(parsed.random) + 1 > len(y):
-        raise ValueError(f"formula {formula!r}: more parameters than observations ({len(y)})")
     return _Model(formula=formula, y=y, names=names, x_cols=x_cols, znames=[list(b[0]) for b in blocks],
                   z_cols=[b[1] for b in blocks], terms=parsed.random, factor=factor, codes=codes, labels=labels)
+
+
+def _check_model(formula: str, parsed: ParsedFormula, names: list, sizes: list, n_levels: int | None,
+                 n: int) -> None:
+    """The checks that need the whole data's sizes: a fixed part with columns, and lme4's counts (``n_levels``
+    None: several grouping factors, which :mod:`lmm_helpers.crossed` checks term by term)."""
+    if not names:
+        raise ValueError(f"formula {formula!r}: the fixed part has no columns (lmm needs at least one)")
+    if n_levels is not None:
+        _check_levels(parsed.random, sizes, n_levels, n)
+    if len(names) + len(parsed.random) + 1 > n:
+        raise ValueError(f"formula {formula!r}: more parameters than observations ({n})")
 
 
 def _check_rank(sums: BlockSums, names: list) -> None:
@@ -360,40 +393,65 @@ def _check_rank(sums: BlockSums, names: list) -> None:
     check_rank(xtx, names)
 
 
-def _check_data(model: _Model) -> None:
+def _check_data(model) -> None:
     """fit_lmm's data checks for a model with q x q blocks: magnitudes, a covariate far from 0 beside a random
     intercept, a y that X fits exactly, and no residual df once X and each group's own Z_g are fitted.
 
     The last is ``fit._check_design``'s argument with Z_g in place of the group indicator: when y is fitted exactly
     by X and a free b_g per group, sigma -> 0 sends the likelihood to infinity (lme4 checks only that there are
     more observations than random effects, and returns a spurious fit).
+
+    Which checks need the data: only the magnitudes (:func:`_check_values`, value by value, so the out-of-core
+    route runs them on each chunk as it builds its columns, in :func:`lmm_helpers.chunked.chunk_sums`) and the
+    named "constant response" message (in memory only; out of core a constant y is refused from the sums as a y
+    that X fits exactly when X has an intercept). Everything else reads the block sums alone (:func:`_check_sums`), so the out-of-core
+    route, whose model (``chunked._Summed``) carries merged sums and no data, runs it on the reduced sums.
     """
+    if isinstance(model, _Model):
+        _check_values(model)
+        if np.all(model.y == model.y[0]):
+            raise ValueError(f"the response is constant (every value is {model.y[0]:g}): it has no variation, so "
+                             "nothing is left for the residual variance")
+    _check_sums(model)
+
+
+def _check_values(model: _Model) -> None:
+    """Magnitudes of y and of every column of X and Z, before the block sums square anything (one chunk or all)."""
     _check_magnitude("data: the response", model.y)
     for nm, col in [*zip(model.names, model.x_cols),
                     *((nm, c) for bn, bc in zip(model.znames, model.z_cols) for nm, c in zip(bn, bc))]:
         _check_magnitude(f"data: column {nm!r}", col)
-    if np.all(model.y == model.y[0]):
-        raise ValueError(f"the response is constant (every value is {model.y[0]:g}): it has no variation, so "
-                         "nothing is left for the residual variance")
-    _check_rank(model.sums, model.names)
+
+
+def _check_sums(model) -> None:
+    """The checks of :func:`_check_data` that read only ``model.sums`` (and names, terms, factor, y_shift)."""
+    sums, p = model.sums, model.sums.p
+    _check_rank(sums, model.names)
     znames = [nm for bn in model.znames for nm in bn]
-    zcols = [c for bc in model.z_cols for c in bc]
-    if "(Intercept)" in znames:
-        for nm, col in zip(znames, zcols):
-            sd = float(np.std(col))
-            if nm != "(Intercept)" and np.abs(np.mean(col)) > _OFFSET_SDS * sd > 0:
+    if "(Intercept)" in znames:  # mean and SD of each slope column, from Z_g^T Z_g: its sum and sum of squares
+        k = znames.index("(Intercept)")
+        for j, nm in enumerate(znames):
+            mean, square = float(np.sum(sums.ztz[j, k])) / sums.n, float(np.sum(sums.ztz[j, j])) / sums.n
+            var = square - mean**2
+            if var <= 1e-14 * square:  # constant (to rounding): left to _check_z, as in memory
+                continue
+            sd = np.sqrt(var)
+            if nm != "(Intercept)" and abs(mean) > _OFFSET_SDS * sd:
                 raise ValueError(
                     f"random term(s) {' + '.join(t.text for t in model.terms)}: column {nm!r} has mean "
-                    f"{np.mean(col):.6g}, {abs(np.mean(col)) / sd:.3g} SDs from 0, where the random intercept is "
-                    "defined: intercept and slope are then nearly collinear in every group and cannot be "
-                    f"estimated to any accuracy (more than {_OFFSET_SDS:g} SDs is refused). Centre it "
+                    f"{mean:.6g}, {abs(mean) / sd:.3g} SDs from 0, where the random "
+                    "intercept is defined: intercept and slope are then nearly collinear in every group and "
+                    f"cannot be estimated to any accuracy (more than {_OFFSET_SDS:g} SDs is refused). Centre it "
                     "(subtract its mean, or a round value near it) and refit")
-    sums, p = model.sums, model.sums.p
     _check_z(sums, znames, model)
     M = _centred(sums, model.names)
     xtx = M[:p, :p]
     z = np.linalg.solve(np.linalg.cholesky(xtx), M[:p, p])
-    _check_exact_fit(M[p, p] - z @ z, float(model.y @ model.y), M[p, p])
+    # y^T y of the data's own y: the sums hold y - y_shift, and with an intercept (else y_shift = 0) its sum
+    shift = model.y_shift
+    yty = sums.wtw[p, p] + (2.0 * shift * sums.wtw[model.names.index("(Intercept)"), p] + sums.n * shift**2
+                            if shift else 0.0)
+    _check_exact_fit(M[p, p] - z @ z, float(yty), M[p, p])
     # X and a free b_g per group: project each group's Z_g out of [X y] (pseudo-inverse: S_g may be singular)
     S = sums.ztz.transpose(2, 0, 1)
     R = sums.wtw - np.einsum("qag,gqr,rbg->ab", sums.ztw, np.linalg.pinv(S, hermitian=True), sums.ztw)
@@ -404,7 +462,7 @@ def _check_data(model: _Model) -> None:
                          f"(rank {rank_z + len(kept)} >= n): no residual degrees of freedom are left, so the "
                          "likelihood is unbounded as sigma -> 0. Use fewer random effects or more observations")
     zw = np.linalg.solve(np.linalg.cholesky(R[np.ix_(kept, kept)]), R[kept, p]) if kept else np.zeros(0)
-    if _exactly(R[p, p] - zw @ zw, float(model.y @ model.y), sums.wtw[p, p], per_value=2.0):
+    if _exactly(R[p, p] - zw @ zw, float(yty), sums.wtw[p, p], per_value=2.0):
         raise ValueError("y has no residual variation once X and each group's own random-effect columns are fitted "
                          "(y constant within every group, say): the residual variance is zero and the likelihood "
                          "is unbounded")
@@ -531,8 +589,11 @@ def _check_levels(terms: tuple, sizes: list, n_levels: int, n: int) -> None:
 
 
 # --------------------------------------------------------------------- the random intercept: fit_lmm
-def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
-    """The LMMFit of a ``(1 | g)`` model fitted by :func:`fit_lmm` (lme4's theta is sigma_s / sigma)."""
+def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index, resid: Callable | None = None) -> LMMFit:
+    """The LMMFit of a ``(1 | g)`` model fitted by :func:`fit_lmm` (lme4's theta is sigma_s / sigma).
+
+    ``resid()``, if given, computes the scaled residuals' quantiles on first use (the out-of-core route's pass).
+    """
     theta = np.array([np.sqrt(fit.theta)])
     varcorr = _varcorr([np.array([[fit.sigma_s**2]])], [["(Intercept)"]], [factor], fit.sigma)
     ranef = pd.DataFrame({"(Intercept)": fit.random_effects.to_numpy()}, index=labels)
@@ -540,7 +601,7 @@ def _from_fit_lmm(fit, formula: str, factor: str, labels: pd.Index) -> LMMFit:
                   sigma=fit.sigma, loglik=fit.loglik, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
                   converged=_warn_fit(fit.converged, bool(theta[0] < _SINGULAR_TOL)),
                   singular=bool(theta[0] < _SINGULAR_TOL), n_obs=fit.n_obs, n_groups={factor: fit.n_groups},
-                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=lambda: fit.scaled_resid_quantiles,
+                  terms=(f"(1 | {factor})",), _df=lambda: fit.df, _resid=resid or (lambda: fit.scaled_resid_quantiles),
                   unidentified=() if fit.identified else ("(Intercept)",))  # fit_lmm has warned
 
 
@@ -589,9 +650,9 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
 
     With ``theta`` given, no optimisation: the result at that theta (the tests hold it against R at R's theta).
     """
-    y, names, codes, labels, factor = model.y, model.names, model.codes, model.labels, model.factor
-    n, p = len(y), len(names)
     _check_data(model)  # magnitudes first (before the block sums square anything), then the rank and the rest
+    names, labels, factor = model.names, model.labels, model.factor
+    n, p = model.sums.n, len(names)
     sums, index, znames = model.sums, model.index, model.znames
     unident = _unidentified(model) if method == "REML" else ()
     sizes = [len(bn) for bn in znames]
@@ -628,13 +689,9 @@ def _fit_blocks(model: _Model, method: str, theta: np.ndarray | None = None) -> 
         vcov = np.full_like(vcov, np.nan)
         singular = False
         df = lambda: np.full(p, np.nan)  # noqa: E731
-    Zcols = [z for zc in model.z_cols for z in zc]
 
     def resid() -> np.ndarray:
-        fitted = sum(bj * x for bj, x in zip(beta, model.x_cols))
-        for j, z in enumerate(Zcols):
-            fitted = fitted + z * b[j][codes]
-        return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
+        return model.scaled_resid(beta, b, sigma)
 
     return LMMFit(formula=model.formula, method=method, names=list(names), beta=beta, vcov=vcov, sigma=sigma,
                   loglik=-0.5 * ev.deviance, theta=theta, varcorr=varcorr, random_effects={factor: ranef},
