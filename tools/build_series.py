@@ -72,6 +72,7 @@ RESULT_TABLES = {
     "series": Path("benchmarks") / "results" / "series.md",
     "crossed": Path("benchmarks") / "results" / "crossed.md",
     "slopes": Path("benchmarks") / "results" / "benchmark_slopes.md",
+    "dask": Path("benchmarks") / "results" / "dask.md",
 }
 BADGE_URL = "https://mybinder.org/badge_logo.svg"
 
@@ -271,7 +272,7 @@ def build_readme(text: str, entries: list[Entry], config: dict[str, str], tables
     for marker, table in (tables or {}).items():  # each benchmark's table, from its header row down
         b = re.search(rf"(<!-- {marker}:start[^>]*-->\n)(.*?)(<!-- {marker}:end -->)", text, re.S)
         if b and table:
-            rows = table[table.index("\n|") + 1:].strip() + "\n"
+            rows = (table if table.startswith("|") else table[table.index("\n|") + 1:]).strip() + "\n"
             text = text[: b.start(2)] + rows + text[b.end(2):]
     badge = f"[![Binder]({BADGE_URL})]({binder_url(config, INDEX_NAME)})"
     lines = text.split("\n")
