@@ -122,17 +122,24 @@ def worker(peer: str, folder: Path) -> dict:
             return float(lmer("y ~ x1 + x2 + (1 | g)", df, REML=False).logLik().value)
     else:
         raise ValueError(f"peer must be one of {PEERS[:3]}, got {peer!r}")
+    timing, loglik = _time_fits(fit)
+    return {**timing, "loglik": loglik}
+
+
+def _time_fits(fit) -> tuple[dict, object]:
+    """Call ``fit()`` until MAX_REPEATS calls or REPEAT_BUDGET_S seconds: best time, repeats, the first call's
+    peak memory rise, and the last call's result."""
     before = _hwm()
-    times, peak, loglik = [], 0, float("nan")
+    times, peak, res = [], 0, None
     while True:
         t0 = time.perf_counter()
-        loglik = fit()
+        res = fit()
         times.append(time.perf_counter() - t0)
         if len(times) == 1:
             peak = _hwm() - before
         if len(times) >= MAX_REPEATS or sum(times) > REPEAT_BUDGET_S:
             break
-    return {"time": min(times), "repeats": len(times), "peak_bytes": peak, "loglik": loglik}
+    return {"time": min(times), "repeats": len(times), "peak_bytes": peak}, res
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -226,7 +233,7 @@ def main(sizes: list[int], out: Path = SCRATCH) -> None:
     df = pd.DataFrame(rows)
     df.to_csv(out / "benchmark.csv", index=False)
     write_markdown(df, machine() | {"load average at start": f"{load_at_start:.2f}"}, out / "benchmark.md")
-    plot(df, out / "benchmark.png")
+    plot(df, out / "benchmark.png", PEERS, "y ~ x1 + x2 + (1 | g), ML: time against n")
     print(f"wrote benchmark.csv, benchmark.md and benchmark.png in {out}")
 
 
@@ -265,14 +272,15 @@ def write_markdown(df, info: dict, path: Path) -> None:
     path.write_text("\n".join(text))
 
 
-def plot(df, path: Path) -> None:
+def plot(df, path: Path, peers: list, title: str) -> None:
+    """Fit time against n on log-log axes, one line per peer (the rows with status ok)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=96)
-    for peer, marker in zip(PEERS, "osD^"):
+    for peer, marker in zip(peers, "osD^"):
         sub = df[(df.peer == peer) & (df.status == "ok")]
         if len(sub):
             ax.plot(sub.n, sub.time, marker=marker, label=peer)
@@ -280,7 +288,7 @@ def plot(df, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("rows n (about 20 per group)")
     ax.set_ylabel("time to fit (s, best of k)")
-    ax.set_title("y ~ x1 + x2 + (1 | g), ML: time against n")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -441,16 +449,7 @@ def slopes_worker(peer: str, folder: Path) -> dict:
             return lmer("y ~ x + (x | g)", df, REML=False)
     else:
         raise ValueError(f"peer must be one of {SLOPES_PEERS[:2]}, got {peer!r}")
-    before = _hwm()
-    times, peak, res = [], 0, None
-    while True:
-        t0 = time.perf_counter()
-        res = fit()
-        times.append(time.perf_counter() - t0)
-        if len(times) == 1:
-            peak = _hwm() - before
-        if len(times) >= MAX_REPEATS or sum(times) > REPEAT_BUDGET_S:
-            break
+    timing, res = _time_fits(fit)
     if peer == "lmm":
         t0 = time.perf_counter()
         res.df  # noqa: B018 - Satterthwaite's df are computed on first use; timed apart (no peer computes them)
@@ -459,7 +458,7 @@ def slopes_worker(peer: str, folder: Path) -> dict:
     else:
         loglik = float(res.logLik().value)
         extra = {"converged": bool(res.converged)}
-    return {"time": min(times), "repeats": len(times), "peak_bytes": peak, "loglik": loglik, **extra}
+    return {**timing, "loglik": loglik, **extra}
 
 
 def slopes_main(sizes: list[int], out: Path = SCRATCH) -> None:
@@ -497,7 +496,7 @@ def slopes_main(sizes: list[int], out: Path = SCRATCH) -> None:
     df = pd.DataFrame(rows)
     df.to_csv(out / "benchmark_slopes.csv", index=False)
     _slopes_markdown(df, machine() | {"load average at start": f"{load_at_start:.2f}"}, out)
-    _slopes_plot(df, out)
+    plot(df, out / "benchmark_slopes.png", SLOPES_PEERS, "y ~ x + (x | g), ML: time against n")
 
 
 def _run_cmd(cmd: list, timeout: float) -> dict:
@@ -543,28 +542,6 @@ def _slopes_markdown(df, info: dict, out: Path) -> None:
         "",
     ]
     (out / "benchmark_slopes.md").write_text("\n".join(text))
-
-
-def _slopes_plot(df, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=96)
-    for peer, marker in zip(SLOPES_PEERS, "osD"):
-        sub = df[(df.peer == peer) & (df.status == "ok")]
-        if len(sub):
-            ax.plot(sub.n, sub.time, marker=marker, label=peer)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rows n (about 20 per group)")
-    ax.set_ylabel("time to fit (s, best of k)")
-    ax.set_title("y ~ x + (x | g), ML: time against n")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "benchmark_slopes.png")
 
 
 if __name__ == "__main__":
