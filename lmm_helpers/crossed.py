@@ -205,7 +205,10 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
     for b, mode in zip(built, modes):
         frame = pd.DataFrame(mode, index=b[2], columns=list(b[3]))
         f = b[0].factor
-        random_effects[f] = frame if f not in random_effects else random_effects[f].join(frame, rsuffix=".1")
+        if f in random_effects:  # a second term of the factor ((x || a)): its columns beside the first's
+            first = random_effects[f]  # same levels in the same order; a repeated column name gets ".1"
+            frame = pd.concat([first, frame.rename(columns={c: f"{c}.1" for c in frame if c in first})], axis=1)
+        random_effects[f] = frame
     n_groups: dict = {}
     for b in built:
         n_groups.setdefault(b[0].factor, len(b[2]))
