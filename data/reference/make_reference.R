@@ -362,7 +362,9 @@ fit_lmm_models("chickweight", "slopes", weight ~ Time * Diet + (Time | Chick), c
 
 # nlme's Oxboys (Goldstein 1987): heights of 26 boys at 9 occasions; large random intercepts (theta ~ 12).
 data("Oxboys", package = "nlme")
-oxboys <- data.frame(height = Oxboys$height, age = Oxboys$age, Subject = as.character(Oxboys$Subject))
+# Occasion (1-9, the visit) is a crossed grouping factor of the slopes-with-several-factors block below.
+oxboys <- data.frame(height = Oxboys$height, age = Oxboys$age, Subject = as.character(Oxboys$Subject),
+                     Occasion = as.character(Oxboys$Occasion))
 write_data(oxboys, "oxboys")
 fit_lmm_models("oxboys", "slopes", height ~ age + (age | Subject), oxboys, "oxboys")
 fit_lmm_models("oxboys", "uncorr", height ~ age + (1 | Subject) + (0 + age | Subject), oxboys, "oxboys")
@@ -430,6 +432,35 @@ insteval <- data.frame(y = InstEval$y, s = as.character(InstEval$s), d = as.char
 write_data(insteval, "insteval")
 fit_lmm_models("insteval", "crossed", y ~ service + (1 | s) + (1 | d) + (1 | dept:service), insteval, "insteval")
 # ---- end of nested and crossed ------------------------------------------------------------------------------
+# =============================================================================================================
+
+# =============================================================================================================
+# ---- random slopes with several grouping factors: nested (x | a/b) and uncorrelated (x || a) + (1 | b) -------
+# lmm() sends these to lme4's general algorithm (lmm_helpers.crossed); tests/test_crossed_slopes.py checks it
+# against these numbers. Same recording as above (record_lmm, "lmm_<label>_<ML|REML>"); in lme4's order of terms.
+# Datasets already written above, so no new data file: chickweight.csv and oxboys.csv.
+#
+# Nested, a slope at both levels: R's ChickWeight, weight ~ Time + (Time | Diet/Chick) = (Time | Diet) +
+# (Time | Diet:Chick) (each chick is on one diet). Of the nested slope models tried on R's own data, this is the
+# one lme4 fits without a boundary by ML and by REML, and without a convergence message. The others all put a
+# correlation at +-1 (isSingular): nlme's Oats (nitro | Block/Variety), Pixel (day | Dog/Side), Wafer
+# (voltage | Wafer/Site), Glucose2, Milk, PBG, Spruce, BodyWeight (ML); lme4's cake (temp | replicate/recipe).
+# Diet has 4 levels, so its 2 x 2 covariance rests on 4 groups: identified, but flat (lme4 stops 5e-7
+# log-likelihood units short of the optimum there; the tests say what that allows).
+fit_lmm_models("chickweight", "nested_slopes", weight ~ Time + (Time | Diet/Chick), chickweight, "chickweight")
+
+# Uncorrelated slope beside a crossed intercept: nlme's Oxboys, height ~ age + (age || Subject) + (1 | Occasion):
+# 26 boys, each measured at the same 9 occasions (Occasion crossed with Subject). Not singular: the occasion
+# effect (SD 0.32 cm by ML) is the growth-curve bend a straight line in age leaves, shared by all boys.
+stopifnot(identical(oxboys$Occasion, as.character(ave(seq_len(nrow(oxboys)), oxboys$Subject, FUN = seq_along))))
+fit_lmm_models("oxboys", "uncorr_crossed", height ~ age + (age || Subject) + (1 | Occasion), oxboys, "oxboys")
+
+# The same kind of model at a boundary: sleepstudy, Reaction ~ Days + (Days || Subject) + (1 | DayF) (DayF the day
+# as a factor). lme4 flags both fits singular: the DayF SD is 0 by ML and 2.7e-4 (beside a residual SD of 25.6) by
+# REML, a value set by bobyqa's stopping rule, not the data; the rest is identified and compared.
+fit_lmm_models("sleepstudy", "uncorr_crossed", Reaction ~ Days + (Days || Subject) + (1 | DayF), sleep_x,
+               "sleep_x")
+# ---- end of random slopes with several grouping factors ------------------------------------------------------
 # =============================================================================================================
 
 # ---- write ----------------------------------------------------------------------------------
