@@ -16,7 +16,8 @@ from lmm_helpers.slopes import lambda_index
 def load(name: str) -> pd.DataFrame:
     """A dataset with its number-like factor columns read back as strings (as make_reference.R wrote them)."""
     df = lh.load_dataset(name)
-    as_str = {"insteval": ["s", "d", "dept", "service"], "cake": ["temperature"], "sleepstudy": []}.get(name, [])
+    as_str = {"insteval": ["s", "d", "dept", "service"], "cake": ["temperature"], "sleepstudy": [],
+              "chickweight": ["Chick", "Diet"], "oxboys": ["Subject", "Occasion"]}.get(name, [])
     df = df.astype({c: str for c in as_str})
     if name == "sleepstudy":
         df["DayF"] = df.Days.astype(str)
