@@ -446,7 +446,10 @@ fit_lmm_models("insteval", "crossed", y ~ service + (1 | s) + (1 | d) + (1 | dep
 # correlation at +-1 (isSingular): nlme's Oats (nitro | Block/Variety), Pixel (day | Dog/Side), Wafer
 # (voltage | Wafer/Site), Glucose2, Milk, PBG, Spruce, BodyWeight (ML); lme4's cake (temp | replicate/recipe).
 # Diet has 4 levels, so its 2 x 2 covariance rests on 4 groups: identified, but flat (lme4 stops 5e-7
-# log-likelihood units short of the optimum there; the tests say what that allows).
+# log-likelihood units short of the optimum there; the tests say what that allows). Diet is the experiment's
+# treatment, which an analysis would make fixed: the model is here as a check of the algorithm, not as advice.
+# (mlmRev's egsingle, math ~ year + (year | schoolid/childid), children within schools, is the textbook nested
+# slope model and not singular either, but would add mlmRev to the packages this script needs.)
 fit_lmm_models("chickweight", "nested_slopes", weight ~ Time + (Time | Diet/Chick), chickweight, "chickweight")
 
 # Uncorrelated slope beside a crossed intercept: nlme's Oxboys, height ~ age + (age || Subject) + (1 | Occasion):
