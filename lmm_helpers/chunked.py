@@ -29,9 +29,24 @@ REML identifiability, which makes the fit's ``unidentified`` and NaNs and warns 
 reduced sums (:func:`lmm_helpers.fit.fit_group_sums`, :func:`lmm_helpers.mixed._check_sums`). Those that need the
 values look at one value at a time (NaN or inf, magnitudes too large or small to square) and run on each chunk in
 :func:`chunk_sums`; the magnitude message quotes the largest value of the chunk that failed. The in-memory
-message for a constant response is not given out of core: with an intercept in X such a y is refused from the
-sums as one that X fits exactly; without one it is fitted as it stands. lme4's counts (levels, observations, random effects) run on the merged sums' sizes. Several grouping
-factors (crossed or nested) are not fitted out of core yet and are refused with a ValueError.
+message for a constant response is not given out of core for one grouping factor: with an intercept in X such a
+y is refused from the sums as one that X fits exactly; without one it is fitted as it stands. lme4's counts
+(levels, observations, random effects) run on the merged sums' sizes.
+
+Several grouping factors, crossed or nested (``(1 | a) + (1 | b)``, ``(1 | a/b)``, ``(x | a) + (1 | b:c)``), go
+to lme4's algorithm (:mod:`lmm_helpers.crossed`), whose sums over rows (the first term's per-level blocks,
+``Z2^T Z2``, ``Z2^T Z1`` and ``Z2^T [X y]`` as sparse or dense matrices, ``[X y]^T [X y]``, n) come from
+:func:`lmm_helpers.crossed.crossed_sums`, the code the in-memory route runs on all its rows. Their rows and
+columns are levels, so every chunk must index them alike: a first pass collects each grouping factor's levels
+(for an interaction ``a:b``, the combinations met), which fixes lme4's order of the terms (decreasing number of
+levels) before the sums pass; it also records y's minimum and maximum (a constant response is named as such), y's
+mean and the covariates' means (the columns of X are shifted by them, as in memory:
+:func:`lmm_helpers.crossed._x_shift`). The sums then add across chunks (sparse matrices too) and
+:func:`lmm_helpers.crossed.fit_sums` fits them. Every check that reads sums runs on the merged ones; the dense
+least-squares check of y on ``[X, Z]`` (a y that X and the random effects fit exactly) needs the rows and is not
+made out of core (in memory it is skipped above a size too). The scaled residuals of ``summary()`` take the passes
+of the one-factor route, on first use. A model whose only grouping factor is an interaction ``a:b`` is refused out
+of core (add a column of its labels).
 """
 from __future__ import annotations
 
@@ -363,7 +378,7 @@ def lmm_dask(formula: str, data, method: str = "ML") -> LMMFit:
 
     Passes over the data: a first one over the factor columns for their levels and over y for its mean (the
     slopes engine centres y on it, as in memory; with a random intercept alone and no factor it is skipped), then
-    one for the sums. beta, its covariance, Satterthwaite's df, the variance components, the
+    one for the sums. Several grouping factors (crossed or nested) take the route of :func:`_lmm_dask_crossed`. beta, its covariance, Satterthwaite's df, the variance components, the
     log-likelihood and the BLUPs (``random_effects``) all come from the sums; the scaled residuals of
     ``summary()`` need three more passes, made on first use.
 

@@ -244,8 +244,7 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
     ------
     ValueError
         A formula that cannot be read, a column not in data, missing values, a grouping factor with one level or
-        as many levels as observations, more random effects than observations, a rank-deficient X, two grouping
-        factors (not implemented yet).
+        as many levels as observations, more random effects than observations, a rank-deficient X.
     """
     _check_method(method)
     if type(data).__module__.split(".")[0] == "dask":  # out of core: chunk sums (lmm_helpers.chunked)
