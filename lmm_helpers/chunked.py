@@ -28,10 +28,9 @@ random-effect column that the ones before it determine, a slope column far from 
 REML identifiability, which makes the fit's ``unidentified`` and NaNs and warns as in memory) run once, on the
 reduced sums (:func:`lmm_helpers.fit.fit_group_sums`, :func:`lmm_helpers.mixed._check_sums`). Those that need the
 values look at one value at a time (NaN or inf, magnitudes too large or small to square) and run on each chunk in
-:func:`chunk_sums`; the magnitude message quotes the largest value of the chunk that failed. The in-memory
-message for a constant response is not given out of core for one grouping factor: with an intercept in X such a
-y is refused from the sums as one that X fits exactly; without one it is fitted as it stands. lme4's counts
-(levels, observations, random effects) run on the merged sums' sizes.
+:func:`chunk_sums`; the magnitude message quotes the largest value of the chunk that failed. A constant response
+is named as in memory, from the smallest and largest y of each chunk. lme4's counts (levels, observations,
+random effects) run on the merged sums' sizes.
 
 Several grouping factors, crossed or nested (``(1 | a) + (1 | b)``, ``(1 | a/b)``, ``(x | a) + (1 | b:c)``), go
 to lme4's algorithm (:mod:`lmm_helpers.crossed`), whose sums over rows (the first term's per-level blocks,
@@ -88,6 +87,8 @@ class LabelledSums:
         What was subtracted from y before the block sums (the slopes engine centres y on a mean against
         cancellation; chunks must all use the same value for their sums to add). 0 for the random-intercept engine,
         which centres within groups instead.
+    y_range : tuple of float
+        The smallest and largest y met (a constant response is named as such; ``(inf, -inf)`` for no rows).
     """
 
     labels: pd.Index
@@ -95,6 +96,7 @@ class LabelledSums:
     names: list
     znames: list
     y_shift: float = 0.0
+    y_range: tuple = (np.inf, -np.inf)
 
     @property
     def n(self) -> int:
@@ -141,7 +143,9 @@ def chunk_sums(formula: str, data: pd.DataFrame, levels: dict | None = None, y_s
     else:
         y_shift = float(y_shift) if "(Intercept)" in model.names else 0.0
         sums = replace(model, y_centre=y_shift).sums
-    return LabelledSums(labels=model.labels, sums=sums, names=model.names, znames=model.znames, y_shift=y_shift)
+    y_range = (float(np.min(model.y, initial=np.inf)), float(np.max(model.y, initial=-np.inf)))
+    return LabelledSums(labels=model.labels, sums=sums, names=model.names, znames=model.znames, y_shift=y_shift,
+                        y_range=y_range)
 
 
 def merge_sums(a: LabelledSums, b: LabelledSums) -> LabelledSums:
@@ -194,7 +198,8 @@ def merge_sums(a: LabelledSums, b: LabelledSums) -> LabelledSums:
         ztw[..., ia] += sa.ztw
         ztw[..., ib] += sb.ztw
         sums = BlockSums(ztz=ztz, ztw=ztw, wtw=sa.wtw + sb.wtw, n=sa.n + sb.n)
-    return LabelledSums(labels=labels, sums=sums, names=a.names, znames=a.znames, y_shift=a.y_shift)
+    return LabelledSums(labels=labels, sums=sums, names=a.names, znames=a.znames, y_shift=a.y_shift,
+                        y_range=(min(a.y_range[0], b.y_range[0]), max(a.y_range[1], b.y_range[1])))
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,6 +246,12 @@ def fit_sums(formula: str, total: LabelledSums, method: str = "ML",
     parsed = _parse(formula)
     sums, labels = total.sums, total.labels
     _check_model(formula, parsed, total.names, [len(z) for z in total.znames], len(labels), sums.n)
+    if total.y_range[0] == total.y_range[1]:  # as in memory (fit_lmm's words, or _check_data's), from y's range
+        every = f"(every value is {total.y_range[0]:g})"
+        raise ValueError(f"y is constant {every}: it has no variation within groups, so nothing is left for the "
+                         "residual variance" if isinstance(sums, GroupSums) else
+                         f"the response is constant {every}: it has no variation, so nothing is left for the "
+                         "residual variance")
     factor = parsed.random[0].factor
     if resid is None:
         def resid(beta, b, sigma):

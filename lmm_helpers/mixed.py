@@ -402,8 +402,7 @@ def _check_data(model) -> None:
 
     Which checks need the data: only the magnitudes (:func:`_check_values`, value by value, so the out-of-core
     route runs them on each chunk as it builds its columns, in :func:`lmm_helpers.chunked.chunk_sums`) and the
-    named "constant response" message (in memory only; out of core a constant y is refused from the sums as a y
-    that X fits exactly when X has an intercept). Everything else reads the block sums alone (:func:`_check_sums`), so the out-of-core
+    named "constant response" message (out of core, from the range of y each chunk met). Everything else reads the block sums alone (:func:`_check_sums`), so the out-of-core
     route, whose model (``chunked._Summed``) carries merged sums and no data, runs it on the reduced sums.
     """
     if isinstance(model, _Model):
