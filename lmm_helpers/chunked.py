@@ -32,20 +32,19 @@ values look at one value at a time (NaN or inf, magnitudes too large or small to
 is named as in memory, from the smallest and largest y of each chunk. lme4's counts (levels, observations,
 random effects) run on the merged sums' sizes.
 
-Several grouping factors, crossed or nested (``(1 | a) + (1 | b)``, ``(1 | a/b)``, ``(x | a) + (1 | b:c)``), go
-to lme4's algorithm (:mod:`lmm_helpers.crossed`), whose sums over rows (the first term's per-level blocks,
-``Z2^T Z2``, ``Z2^T Z1`` and ``Z2^T [X y]`` as sparse or dense matrices, ``[X y]^T [X y]``, n) come from
-:func:`lmm_helpers.crossed.crossed_sums`, the code the in-memory route runs on all its rows. Their rows and
-columns are levels, so every chunk must index them alike: a first pass collects each grouping factor's levels
-(for an interaction ``a:b``, the combinations met), which fixes lme4's order of the terms (decreasing number of
-levels) before the sums pass; it also records y's minimum and maximum (a constant response is named as such), y's
-mean and the covariates' means (the columns of X are shifted by them, as in memory:
-:func:`lmm_helpers.crossed._x_shift`). The sums then add across chunks (sparse matrices too) and
-:func:`lmm_helpers.crossed.fit_sums` fits them. Every check that reads sums runs on the merged ones; the dense
-least-squares check of y on ``[X, Z]`` (a y that X and the random effects fit exactly) needs the rows and is not
-made out of core (in memory it is skipped above a size too). The scaled residuals of ``summary()`` take the passes
-of the one-factor route, on first use. A model whose only grouping factor is an interaction ``a:b`` is refused out
-of core (add a column of its labels).
+Several grouping factors, crossed or nested (``(1 | a) + (1 | b)``, ``(1 | a/b)``, ``(x | a) + (1 | b:c)``), go to
+lme4's algorithm (:mod:`lmm_helpers.crossed`), whose sums over rows (the first term's per-level blocks, ``Z2^T Z2``,
+``Z2^T Z1`` and ``Z2^T [X y]`` as sparse or dense matrices, ``[X y]^T [X y]``, n) come from
+:func:`lmm_helpers.crossed.crossed_sums`, the code the in-memory route runs on all its rows. Their rows and columns
+are levels, so every chunk must index them alike: a first pass collects each grouping factor's levels (for an
+interaction ``a:b``, the combinations met), which fixes lme4's order of the terms (decreasing number of levels)
+before the sums pass; it also records y's minimum and maximum (a constant response is named as such), y's mean and
+the covariates' means (the columns of X are shifted by them, as in memory: :func:`lmm_helpers.crossed._x_shift`).
+The sums then add across chunks (sparse matrices too) and :func:`lmm_helpers.crossed.fit_crossed_sums` fits them.
+Every check that reads sums runs on the merged ones; the dense least-squares check of y on ``[X, Z]`` (a y that X
+and the random effects fit exactly) needs the rows and is not made out of core (in memory it is skipped above a size
+too). The scaled residuals of ``summary()`` take the passes of the one-factor route, on first use. A model whose
+only grouping factor is an interaction ``a:b`` is refused out of core (add a column of its labels).
 """
 from __future__ import annotations
 
@@ -387,11 +386,11 @@ def lmm_dask(formula: str, data, method: str = "ML") -> LMMFit:
     them, and :func:`fit_sums` fits them with the in-memory optimiser: the numbers equal the in-memory fit of the
     same rows to rounding. It runs wherever Dask runs (threads, processes, a ``dask.distributed`` cluster).
 
-    Passes over the data: a first one over the factor columns for their levels and over y for its mean (the
-    slopes engine centres y on it, as in memory; with a random intercept alone and no factor it is skipped), then
-    one for the sums. Several grouping factors (crossed or nested) take the route of :func:`_lmm_dask_crossed`. beta, its covariance, Satterthwaite's df, the variance components, the
-    log-likelihood and the BLUPs (``random_effects``) all come from the sums; the scaled residuals of
-    ``summary()`` need three more passes, made on first use.
+    Passes over the data: a first one over the factor columns for their levels and over y for its mean (the slopes
+    engine centres y on it, as in memory; with a random intercept alone and no factor it is skipped), then one for
+    the sums. Several grouping factors (crossed or nested) take the route of :func:`_lmm_dask_crossed`. beta, its
+    covariance, Satterthwaite's df, the variance components, the log-likelihood and the BLUPs (``random_effects``)
+    all come from the sums; the scaled residuals of ``summary()`` need three more passes, made on first use.
 
     Parameters
     ----------
@@ -560,12 +559,13 @@ def _plain_labels(labels: pd.Index) -> pd.Index:
 def _lmm_dask_crossed(formula: str, parsed: ParsedFormula, data, method: str) -> LMMFit:
     """:func:`lmm_dask` for several grouping factors: a first pass (levels, combinations, y's range and mean,
     covariates' means), then one pass of :func:`lmm_helpers.crossed.crossed_sums`, reduced, then
-    :func:`lmm_helpers.crossed.fit_sums`; the scaled residuals of ``summary()`` cost three passes more, on first
-    use. The dense check of y on ``[X, Z]`` needs the rows and is not made (see
+    :func:`lmm_helpers.crossed.fit_crossed_sums`; the scaled residuals of ``summary()`` cost three passes more, on
+    first use. The dense check of y on ``[X, Z]`` needs the rows and is not made (see
     :func:`lmm_helpers.crossed._check_sums`)."""
     import dask
 
-    from .crossed import _check_terms, _lme4_order, _numeric_columns, _Terms, _x_shift, fit_sums, merge_crossed
+    from .crossed import (_check_terms, _lme4_order, _numeric_columns, _Terms, _x_shift, fit_crossed_sums,
+                          merge_crossed)
 
     meta = data._meta
     columns = _variables(parsed)
@@ -607,4 +607,4 @@ def _lmm_dask_crossed(formula: str, parsed: ParsedFormula, data, method: str) ->
                                                       sigma) for i, p in enumerate(parts)]
         return _exact_quantiles(rs, n, _PROBS)
 
-    return fit_sums(info, total, method, resid)
+    return fit_crossed_sums(info, total, method, resid)

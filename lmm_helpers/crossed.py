@@ -26,7 +26,7 @@ from .pls import (PLSSums, ReTerm, _term_matrix, conditional_modes, deviance_the
                   pls_evaluate, pls_from_sums, pls_sums)
 from .slopes import BlockSums, lambda_index
 
-__all__ = ["CrossedSums", "crossed_criterion", "crossed_sums", "fit_crossed", "fit_sums", "merge_crossed",
+__all__ = ["CrossedSums", "crossed_criterion", "crossed_sums", "fit_crossed", "fit_crossed_sums", "merge_crossed",
            "theta_bounds"]
 
 
@@ -349,7 +349,7 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
         For the grouping factors (interactions included).
     """
     _check_crossed(model)  # magnitudes first, before anything is squared
-    with threadpool_limits(limits=1, user_api="blas"):  # see fit_sums
+    with threadpool_limits(limits=1, user_api="blas"):  # see fit_crossed_sums
         info, sums, built = _in_memory(model, data)
     X, y = model.X, model.y
 
@@ -359,10 +359,10 @@ def fit_crossed(model, method: str, data: pd.DataFrame) -> LMMFit:
             fitted = fitted + np.einsum("ij,ij->i", b[4], mode[b[1]])
         return _quantiles((y - fitted) / sigma, np.array([0.0, 0.25, 0.5, 0.75, 1.0]))
 
-    return fit_sums(info, sums, method, resid, lambda centred: _check_dense(model, built, centred))
+    return fit_crossed_sums(info, sums, method, resid, lambda centred: _check_dense(model, built, centred))
 
 
-def fit_sums(info: _Terms, sums: CrossedSums, method: str, resid: Callable | None = None,
+def fit_crossed_sums(info: _Terms, sums: CrossedSums, method: str, resid: Callable | None = None,
              dense_check: Callable | None = None) -> LMMFit:
     """Fit a model of several grouping factors from its sums (all rows', or chunks' merged): lme4's algorithm.
 
@@ -466,7 +466,7 @@ def _unidentified(info: _Terms, pls: PLSSums, groups: list) -> tuple:
 
 
 def _one_thread(f: Callable, *args):
-    """Call f on one BLAS thread (see :func:`fit_sums`)."""
+    """Call f on one BLAS thread (see :func:`fit_crossed_sums`)."""
     with threadpool_limits(limits=1, user_api="blas"):
         return f(*args)
 
