@@ -248,9 +248,9 @@ def _check_sums(info: _Terms, sums: CrossedSums, dense_check: Callable | None = 
     by_factor: dict = {}
     for k, t in enumerate(info.terms):
         by_factor.setdefault(t.factor, []).append(k)
+    blocks_of = {f: _level_blocks(ztz, np.hstack([_columns_of(pls, k) for k in ks])) for f, ks in by_factor.items()}
     for factor, ks in by_factor.items():
-        znames = [nm for k in ks for nm in info.znames[k]]
-        blocks = _level_blocks(ztz, np.hstack([_columns_of(pls, k) for k in ks]))
+        znames, blocks = [nm for k in ks for nm in info.znames[k]], blocks_of[factor]
         if "(Intercept)" in znames:  # mixed._check_sums's offset rule: mean and SD of each column from its sums
             i0 = znames.index("(Intercept)")
             owner = [info.terms[k] for k in ks for _ in info.znames[k]]
@@ -270,8 +270,7 @@ def _check_sums(info: _Terms, sums: CrossedSums, dense_check: Callable | None = 
     _check_rank(pls.sums1, names)
     for factor, ks in by_factor.items():
         znames = [nm for k in ks for nm in info.znames[k]]
-        blocks = _level_blocks(ztz, np.hstack([_columns_of(pls, k) for k in ks]))
-        _check_z(SimpleNamespace(ztz=blocks), znames,
+        _check_z(SimpleNamespace(ztz=blocks_of[factor]), znames,
                  SimpleNamespace(factor=factor, terms=tuple(info.terms[k] for k in ks)))
     for (i, j), counts in sums.pairs.items():  # two factors that group the rows alike: their shared columns are one
         if counts.nnz == pls.levels[i]:
