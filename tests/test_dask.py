@@ -245,6 +245,7 @@ def test_crossed_dask_equals_in_memory(formula, method):
     _same(fit, ref)
     assert fit.terms == ref.terms and list(fit.n_groups) == list(ref.n_groups)
     np.testing.assert_allclose(fit.scaled_resid_quantiles, ref.scaled_resid_quantiles, rtol=1e-6, atol=1e-6)
+    assert "nan" not in fit.summary()
 
 
 def test_crossed_partitions_that_miss_levels():
