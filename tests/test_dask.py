@@ -110,6 +110,12 @@ def test_parquet_partitions(tmp_path):
         df.iloc[rows].to_parquet(tmp_path / f"part-{i}.parquet")
     fit = lmm("y ~ x + f + (x | g)", dd.read_parquet(tmp_path), "REML")
     _same(fit, lmm("y ~ x + f + (x | g)", df, "REML"))
+    crossed = _crossed(13)
+    (tmp_path / "crossed").mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(crossed)), 4)):
+        crossed.iloc[rows].to_parquet(tmp_path / "crossed" / f"part-{i}.parquet")
+    formula = "y ~ x + f + (1 | a) + (1 | b/c)"
+    _same(lmm(formula, dd.read_parquet(tmp_path / "crossed"), "REML"), lmm(formula, crossed, "REML"))
 
 
 def test_errors():
