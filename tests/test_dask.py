@@ -125,6 +125,8 @@ def test_errors():
     ddf = dd.from_delayed([good, bad], meta=df.iloc[:0], verify_meta=False)
     with pytest.raises(ValueError, match=r"partition 1 has no column 'x'"):
         lmm("y ~ x + (1 | g)", ddf)
+    with pytest.raises(ValueError, match=r"partition 1 has no column 'x'"):
+        lmm("y ~ x + (1 | g) + (1 | f)", ddf)
     with pytest.raises(ValueError, match=r"'z', which is not a column of data"):
         lmm("y ~ z + (1 | g)", dd.from_pandas(df, npartitions=2))
     nan = df.assign(y=df.y.where(df.index != 150))
