@@ -28,10 +28,23 @@ random-effect column that the ones before it determine, a slope column far from 
 REML identifiability, which makes the fit's ``unidentified`` and NaNs and warns as in memory) run once, on the
 reduced sums (:func:`lmm_helpers.fit.fit_group_sums`, :func:`lmm_helpers.mixed._check_sums`). Those that need the
 values look at one value at a time (NaN or inf, magnitudes too large or small to square) and run on each chunk in
-:func:`chunk_sums`; the magnitude message quotes the largest value of the chunk that failed. The in-memory
-message for a constant response is not given out of core: with an intercept in X such a y is refused from the
-sums as one that X fits exactly; without one it is fitted as it stands. lme4's counts (levels, observations, random effects) run on the merged sums' sizes. Several grouping
-factors (crossed or nested) are not fitted out of core yet and are refused with a ValueError.
+:func:`chunk_sums`; the magnitude message quotes the largest value of the chunk that failed. A constant response
+is named as in memory, from the smallest and largest y of each chunk. lme4's counts (levels, observations,
+random effects) run on the merged sums' sizes.
+
+Several grouping factors, crossed or nested (``(1 | a) + (1 | b)``, ``(1 | a/b)``, ``(x | a) + (1 | b:c)``), go to
+lme4's algorithm (:mod:`lmm_helpers.crossed`), whose sums over rows (the first term's per-level blocks, ``Z2^T Z2``,
+``Z2^T Z1`` and ``Z2^T [X y]`` as sparse or dense matrices, ``[X y]^T [X y]``, n) come from
+:func:`lmm_helpers.crossed.crossed_sums`, the code the in-memory route runs on all its rows. Their rows and columns
+are levels, so every chunk must index them alike: a first pass collects each grouping factor's levels (for an
+interaction ``a:b``, the combinations met), which fixes lme4's order of the terms (decreasing number of levels)
+before the sums pass; it also records y's minimum and maximum (a constant response is named as such), y's mean and
+the covariates' means (the columns of X are shifted by them, as in memory: :func:`lmm_helpers.crossed._x_shift`).
+The sums then add across chunks (sparse matrices too) and :func:`lmm_helpers.crossed.fit_crossed_sums` fits them.
+Every check that reads sums runs on the merged ones; the dense least-squares check of y on ``[X, Z]`` (a y that X
+and the random effects fit exactly) needs the rows and is not made out of core (in memory it is skipped above a size
+too). The scaled residuals of ``summary()`` take the passes of the one-factor route, on first use. A model whose
+only grouping factor is an interaction ``a:b`` is refused out of core (add a column of its labels).
 """
 from __future__ import annotations
 
@@ -44,9 +57,9 @@ import pandas as pd
 
 from .design import group_codes
 from .fit import fit_group_sums
-from .formula import ParsedFormula, _is_factor, parse_formula
+from .formula import ParsedFormula, _is_factor, design_columns, parse_formula
 from .likelihood import GroupSums, _check_method, group_sums
-from .mixed import LMMFit, _check_model, _check_values, _columns, _fit_blocks, _from_fit_lmm
+from .mixed import LMMFit, _check_model, _check_values, _columns, _fit_blocks, _from_fit_lmm, _response
 from .slopes import BlockSums, lambda_index
 
 __all__ = ["LabelledSums", "chunk_sums", "merge_sums", "fit_sums", "lmm_dask"]
@@ -73,6 +86,8 @@ class LabelledSums:
         What was subtracted from y before the block sums (the slopes engine centres y on a mean against
         cancellation; chunks must all use the same value for their sums to add). 0 for the random-intercept engine,
         which centres within groups instead.
+    y_range : tuple of float
+        The smallest and largest y met (a constant response is named as such; ``(inf, -inf)`` for no rows).
     """
 
     labels: pd.Index
@@ -80,6 +95,7 @@ class LabelledSums:
     names: list
     znames: list
     y_shift: float = 0.0
+    y_range: tuple = (np.inf, -np.inf)
 
     @property
     def n(self) -> int:
@@ -126,7 +142,9 @@ def chunk_sums(formula: str, data: pd.DataFrame, levels: dict | None = None, y_s
     else:
         y_shift = float(y_shift) if "(Intercept)" in model.names else 0.0
         sums = replace(model, y_centre=y_shift).sums
-    return LabelledSums(labels=model.labels, sums=sums, names=model.names, znames=model.znames, y_shift=y_shift)
+    y_range = (float(np.min(model.y, initial=np.inf)), float(np.max(model.y, initial=-np.inf)))
+    return LabelledSums(labels=model.labels, sums=sums, names=model.names, znames=model.znames, y_shift=y_shift,
+                        y_range=y_range)
 
 
 def merge_sums(a: LabelledSums, b: LabelledSums) -> LabelledSums:
@@ -179,7 +197,8 @@ def merge_sums(a: LabelledSums, b: LabelledSums) -> LabelledSums:
         ztw[..., ia] += sa.ztw
         ztw[..., ib] += sb.ztw
         sums = BlockSums(ztz=ztz, ztw=ztw, wtw=sa.wtw + sb.wtw, n=sa.n + sb.n)
-    return LabelledSums(labels=labels, sums=sums, names=a.names, znames=a.znames, y_shift=a.y_shift)
+    return LabelledSums(labels=labels, sums=sums, names=a.names, znames=a.znames, y_shift=a.y_shift,
+                        y_range=(min(a.y_range[0], b.y_range[0]), max(a.y_range[1], b.y_range[1])))
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,6 +245,12 @@ def fit_sums(formula: str, total: LabelledSums, method: str = "ML",
     parsed = _parse(formula)
     sums, labels = total.sums, total.labels
     _check_model(formula, parsed, total.names, [len(z) for z in total.znames], len(labels), sums.n)
+    if total.y_range[0] == total.y_range[1]:  # as in memory (fit_lmm's words, or _check_data's), from y's range
+        every = f"(every value is {total.y_range[0]:g})"
+        raise ValueError(f"y is constant {every}: it has no variation within groups, so nothing is left for the "
+                         "residual variance" if isinstance(sums, GroupSums) else
+                         f"the response is constant {every}: it has no variation, so nothing is left for the "
+                         "residual variance")
     factor = parsed.random[0].factor
     if resid is None:
         def resid(beta, b, sigma):
@@ -245,7 +270,7 @@ def _variables(parsed: ParsedFormula) -> list:
     """Every column the formula reads, in a fixed order, without repeats."""
     names = [parsed.response] + [v for t in parsed.fixed for v in t]
     for r in parsed.random:
-        names += [v for t in r.terms for v in t] + [r.factor]
+        names += [v for t in r.terms for v in t] + list(r.columns)
     return list(dict.fromkeys(names))
 
 
@@ -361,11 +386,11 @@ def lmm_dask(formula: str, data, method: str = "ML") -> LMMFit:
     them, and :func:`fit_sums` fits them with the in-memory optimiser: the numbers equal the in-memory fit of the
     same rows to rounding. It runs wherever Dask runs (threads, processes, a ``dask.distributed`` cluster).
 
-    Passes over the data: a first one over the factor columns for their levels and over y for its mean (the
-    slopes engine centres y on it, as in memory; with a random intercept alone and no factor it is skipped), then
-    one for the sums. beta, its covariance, Satterthwaite's df, the variance components, the
-    log-likelihood and the BLUPs (``random_effects``) all come from the sums; the scaled residuals of
-    ``summary()`` need three more passes, made on first use.
+    Passes over the data: a first one over the factor columns for their levels and over y for its mean (the slopes
+    engine centres y on it, as in memory; with a random intercept alone and no factor it is skipped), then one for
+    the sums. Several grouping factors (crossed or nested) take the route of :func:`_lmm_dask_crossed`. beta, its
+    covariance, Satterthwaite's df, the variance components, the log-likelihood and the BLUPs (``random_effects``)
+    all come from the sums; the scaled residuals of ``summary()`` need three more passes, made on first use.
 
     Parameters
     ----------
@@ -381,17 +406,18 @@ def lmm_dask(formula: str, data, method: str = "ML") -> LMMFit:
 
     _check_method(method)
     parsed = _parse(formula)
-    if len({r.factor for r in parsed.random}) > 1 or len(parsed.random[0].columns) > 1:
-        raise ValueError(f"formula {formula!r}: out of core (a Dask DataFrame), lmm fits one grouping factor that "
-                         "is a column of data; several grouping factors (crossed or nested) or an interaction "
-                         "a:b as grouping factor are not implemented out of core yet: compute the data into "
-                         "pandas (data.compute()) and call lmm on it")
     meta = data._meta
     columns = _variables(parsed)
     for c in columns:
         if c not in meta.columns:
             raise ValueError(f"formula {formula!r} uses {c!r}, which is not a column of data "
                              f"(columns: {list(map(str, meta.columns))})")
+    if len({r.factor for r in parsed.random}) > 1:  # crossed or nested: lme4's algorithm from merged sums
+        return _lmm_dask_crossed(formula, parsed, data, method)
+    if len(parsed.random[0].columns) > 1:
+        raise ValueError(f"formula {formula!r}: out of core (a Dask DataFrame), a model of one grouping factor "
+                         "needs it to be a column of data; an interaction a:b as its only grouping factor is not "
+                         "implemented out of core yet: add a column of its labels (a + ':' + b) and use that")
     parts = data.to_delayed()
     factors = [c for c in columns if c not in (parsed.response, parsed.random[0].factor) and _is_factor(meta[c])]
     levels, y_shift = {}, 0.0
@@ -411,3 +437,174 @@ def lmm_dask(formula: str, data, method: str = "ML") -> LMMFit:
         return _exact_quantiles(rs, total.n, _PROBS)
 
     return fit_sums(formula, total, method, resid)
+
+
+# ------------------------------------------------------------------------------ Dask: several grouping factors
+def _crossed_first(part: pd.DataFrame, i: int, columns: list, factors: list, grouping: list, response: str,
+                   numeric: list) -> dict:
+    """The first pass on one partition, for a model of several grouping factors: the values met in each factor
+    column, the combinations met of each grouping factor's columns, y's sum, count, min and max, and the sum of
+    each column of X made of covariates only (to shift it by its mean: :func:`lmm_helpers.crossed._x_shift`)."""
+    part = _partition(part, i, columns)
+    y = _response(part, response)
+    found = {c: pd.Series(pd.unique(part[c].astype(object) if isinstance(part[c].dtype, pd.CategoricalDtype)
+                                    else part[c])) for c in factors}
+    groups = {}
+    for cols in grouping:
+        for c in cols:
+            if part[c].isna().any():
+                raise ValueError(f"data: grouping factor {c!r} has missing values (partition {i}); drop those rows "
+                                 "first")
+        groups[cols] = part[list(cols)].drop_duplicates().reset_index(drop=True)
+    names, xcols = design_columns(part, numeric, False, "fixed part", stack=False) if numeric else ([], [])
+    return {"found": found, "groups": groups, "y": (float(np.sum(y)), len(y), float(np.min(y, initial=np.inf)),
+                                                     float(np.max(y, initial=-np.inf))),
+            "x": {nm: float(np.sum(c)) for nm, c in zip(names, xcols)}}
+
+
+def _union_first(a: dict, b: dict) -> dict:
+    return {"found": {c: pd.Series(pd.unique(pd.concat([a["found"][c], b["found"][c]], ignore_index=True)))
+                      for c in a["found"]},
+            "groups": {k: pd.concat([a["groups"][k], b["groups"][k]], ignore_index=True).drop_duplicates()
+                       .reset_index(drop=True) for k in a["groups"]},
+            "y": (a["y"][0] + b["y"][0], a["y"][1] + b["y"][1], min(a["y"][2], b["y"][2]), max(a["y"][3], b["y"][3])),
+            "x": {k: a["x"][k] + b["x"][k] for k in a["x"]}}
+
+
+@dataclass(frozen=True, eq=False)
+class _Coding:
+    """A grouping factor's levels in the whole data, as :func:`lmm_helpers.formula.grouping_factor` orders and
+    labels them: each column's levels; for an interaction, the combinations present (mixed-radix codes, sorted)."""
+
+    columns: tuple
+    levels: list
+    combos: np.ndarray | None
+    labels: pd.Index
+
+    def codes(self, part: pd.DataFrame) -> np.ndarray:
+        """The level of each row of a partition (any subset of the levels)."""
+        cs = [lev.get_indexer(part[c].astype(object) if isinstance(part[c].dtype, pd.CategoricalDtype)
+                              else part[c]) for c, lev in zip(self.columns, self.levels)]
+        for c, k in zip(self.columns, cs):
+            if np.any(k < 0):
+                raise ValueError(f"data: grouping factor {c!r} has missing values or a value not met in the first "
+                                 "pass; drop those rows first")
+        if self.combos is None:
+            return cs[0].astype(np.intp)
+        return np.searchsorted(self.combos, self._combine(cs)).astype(np.intp)
+
+    def _combine(self, cs: list) -> np.ndarray:
+        out = np.zeros(len(cs[0]), dtype=np.int64)
+        for k, lev in zip(cs, self.levels):
+            out = out * len(lev) + k
+        return out
+
+
+def _coding(meta: pd.DataFrame, cols: tuple, rows: pd.DataFrame) -> _Coding:
+    """The coding of a grouping factor from the combinations of its columns met in the data (the first pass)."""
+    levels = []
+    for c in cols:
+        vals = rows[c].drop_duplicates()
+        cats = meta[c].cat.categories if isinstance(meta[c].dtype, pd.CategoricalDtype) else None
+        if cats is not None and "__UNKNOWN_CATEGORIES__" not in cats:
+            present = set(vals.astype(object))
+            levels.append(pd.Index([v for v in cats if v in present], dtype=object))
+        else:
+            levels.append(group_codes(vals.reset_index(drop=True))[1])
+    if len(cols) == 1:
+        return _Coding(columns=cols, levels=levels, combos=None, labels=levels[0])
+    coding = _Coding(columns=cols, levels=levels, combos=None, labels=pd.Index([]))
+    combos = np.unique(coding._combine([lev.get_indexer(rows[c]) for c, lev in zip(cols, levels)]))
+    digits, rest = [], combos
+    for lev in levels[::-1]:
+        digits.append(rest % len(lev))
+        rest = rest // len(lev)
+    names = [[str(v) for v in lev] for lev in levels]
+    labels = [":".join(names[j][d[k]] for j, d in enumerate(digits[::-1])) for k in range(len(combos))]
+    return _Coding(columns=cols, levels=levels, combos=combos, labels=pd.Index(labels))
+
+
+def _crossed_partition(part: pd.DataFrame, i: int, columns: list, formula: str, levels: dict, codings: list,
+                       n_levels: list, order: list, x_shift: np.ndarray, y_shift: float):
+    """One partition's sums (:func:`lmm_helpers.crossed.crossed_sums`, the in-memory code) against the whole
+    data's levels."""
+    from .crossed import crossed_sums
+
+    part = _partition(part, i, columns)
+    model = _columns(formula, _parse(formula), part, levels)
+    _check_values(model)  # the magnitudes, value by value
+    return crossed_sums(model, [c.codes(part) for c in codings], n_levels, order, x_shift, y_shift)
+
+
+def _crossed_resid(part: pd.DataFrame, i: int, columns: list, formula: str, levels: dict, codings: list,
+                   order: list, beta: np.ndarray, modes: list, sigma: float) -> np.ndarray:
+    """The scaled conditional residuals of one partition, at the fitted beta and conditional modes."""
+    part = _partition(part, i, columns)
+    model = _columns(formula, _parse(formula), part, levels)
+    fitted = np.zeros(len(model.y))
+    for bj, x in zip(beta, model.x_cols):
+        fitted = fitted + bj * x
+    for k, mode in zip(order, modes):
+        codes = codings[k].codes(part)
+        for j, z in enumerate(model.z_cols[k]):
+            fitted = fitted + z * mode[codes, j]
+    return (model.y - fitted) / sigma
+
+
+def _plain_labels(labels: pd.Index) -> pd.Index:
+    """Labels as the in-memory route gives them (Dask reads strings as pyarrow's: as pandas' own)."""
+    return labels.astype("str") if isinstance(labels.dtype, pd.StringDtype) else labels
+
+
+def _lmm_dask_crossed(formula: str, parsed: ParsedFormula, data, method: str) -> LMMFit:
+    """:func:`lmm_dask` for several grouping factors: a first pass (levels, combinations, y's range and mean,
+    covariates' means), then one pass of :func:`lmm_helpers.crossed.crossed_sums`, reduced, then
+    :func:`lmm_helpers.crossed.fit_crossed_sums`; the scaled residuals of ``summary()`` cost three passes more, on
+    first use. The dense check of y on ``[X, Z]`` needs the rows and is not made (see
+    :func:`lmm_helpers.crossed._check_sums`)."""
+    import dask
+
+    from .crossed import (_check_terms, _lme4_order, _numeric_columns, _Terms, _x_shift, fit_crossed_sums,
+                          merge_crossed)
+
+    meta = data._meta
+    columns = _variables(parsed)
+    parts = data.to_delayed()
+    used = [v for t in parsed.fixed for v in t] + [v for r in parsed.random for t in r.terms for v in t]
+    factors = [c for c in dict.fromkeys(used) if _is_factor(meta[c])]
+    grouping = list(dict.fromkeys(r.columns for r in parsed.random))
+    numeric_names = _numeric_columns(formula, lambda v: _is_factor(meta[v]))
+    numeric = [t for t in parsed.fixed if ":".join(t) in numeric_names]
+    first = _tree([dask.delayed(_crossed_first, pure=True)(p, i, columns, factors, grouping, parsed.response,
+                                                            numeric) for i, p in enumerate(parts)],
+                  _union_first).compute()
+    y_sum, n, y_min, y_max = first["y"]
+    if n == 0:
+        raise ValueError("data has no rows")
+    if y_min == y_max:
+        raise ValueError(f"the response is constant (every value is {y_min:g}): it has no variation, so nothing is "
+                         "left for the residual variance")
+    levels = factor_levels(meta, first["found"])
+    codings = {cols: _coding(meta, cols, first["groups"][cols]) for cols in grouping}
+    codings = [codings[r.columns] for r in parsed.random]
+    shape = _columns(formula, parsed, meta, levels)  # the names of X's and Z's columns (no rows)
+    _check_model(formula, parsed, shape.names, [len(z) for z in shape.znames], None, n)
+    n_levels = [len(c.labels) for c in codings]
+    order = _lme4_order(n_levels)
+    info = _Terms(formula=formula, names=list(shape.names), terms=tuple(parsed.random[k] for k in order),
+                  znames=[list(shape.znames[k]) for k in order],
+                  labels=[_plain_labels(codings[k].labels) for k in order], order=order)
+    _check_terms(info, n)
+    intercept = "(Intercept)" in shape.names
+    x_shift = _x_shift(shape.names, {nm: s / n for nm, s in first["x"].items()})
+    y_shift = y_sum / n if intercept else 0.0
+    total = _tree([dask.delayed(_crossed_partition, pure=True)(p, i, columns, formula, levels, codings, n_levels,
+                                                                order, x_shift, y_shift)
+                   for i, p in enumerate(parts)], merge_crossed).compute()
+
+    def resid(beta: np.ndarray, modes: list, sigma: float) -> np.ndarray:
+        rs = [dask.delayed(_crossed_resid, pure=True)(p, i, columns, formula, levels, codings, order, beta, modes,
+                                                      sigma) for i, p in enumerate(parts)]
+        return _exact_quantiles(rs, n, _PROBS)
+
+    return fit_crossed_sums(info, total, method, resid)

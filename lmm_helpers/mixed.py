@@ -244,8 +244,7 @@ def lmm(formula: str, data: pd.DataFrame, method: str = "ML") -> LMMFit:
     ------
     ValueError
         A formula that cannot be read, a column not in data, missing values, a grouping factor with one level or
-        as many levels as observations, more random effects than observations, a rank-deficient X, two grouping
-        factors (not implemented yet).
+        as many levels as observations, more random effects than observations, a rank-deficient X.
     """
     _check_method(method)
     if type(data).__module__.split(".")[0] == "dask":  # out of core: chunk sums (lmm_helpers.chunked)
@@ -401,11 +400,11 @@ def _check_data(model) -> None:
     by X and a free b_g per group, sigma -> 0 sends the likelihood to infinity (lme4 checks only that there are
     more observations than random effects, and returns a spurious fit).
 
-    Which checks need the data: only the magnitudes (:func:`_check_values`, value by value, so the out-of-core
-    route runs them on each chunk as it builds its columns, in :func:`lmm_helpers.chunked.chunk_sums`) and the
-    named "constant response" message (in memory only; out of core a constant y is refused from the sums as a y
-    that X fits exactly when X has an intercept). Everything else reads the block sums alone (:func:`_check_sums`), so the out-of-core
-    route, whose model (``chunked._Summed``) carries merged sums and no data, runs it on the reduced sums.
+    Which checks need the data: only the magnitudes (:func:`_check_values`, value by value, so the out-of-core route
+    runs them on each chunk as it builds its columns, in :func:`lmm_helpers.chunked.chunk_sums`) and the named
+    "constant response" message (out of core, from the range of y each chunk met). Everything else reads the block
+    sums alone (:func:`_check_sums`), so the out-of-core route, whose model (``chunked._Summed``) carries merged
+    sums and no data, runs it on the reduced sums.
     """
     if isinstance(model, _Model):
         _check_values(model)

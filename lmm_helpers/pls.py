@@ -33,10 +33,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import linalg, sparse
 
-from .slopes import _backward, _chol, _forward, block_sums, lambda_index
+from .slopes import BlockSums, _backward, _chol, _forward, block_sums, lambda_index
 
-__all__ = ["ReTerm", "PLSProblem", "PLSEvaluation", "pls_problem", "pls_evaluate", "conditional_modes",
-           "deviance_theta_sigma", "MAX_DENSE"]
+__all__ = ["ReTerm", "PLSSums", "PLSProblem", "PLSEvaluation", "pls_sums", "merge_pls_sums", "pls_from_sums",
+           "pls_problem", "pls_evaluate", "conditional_modes", "deviance_theta_sigma", "MAX_DENSE"]
 
 MAX_DENSE = 8000  # random effects outside the first term held in the dense block (8000^2 doubles = 512 MB)
 
@@ -65,7 +65,7 @@ class ReTerm:
 
 @dataclass(frozen=True, eq=False)
 class PLSProblem:
-    """Everything an evaluation needs that does not depend on theta (built by :func:`pls_problem`)."""
+    """Everything an evaluation needs that does not depend on theta (built by :func:`pls_from_sums`)."""
 
     sizes: tuple          # q_k per term
     levels: tuple         # m_k per term
@@ -100,8 +100,135 @@ def _term_matrix(term: ReTerm, n: int) -> sparse.csc_array:
     return sparse.csc_array((term.Z.T.ravel(), (rows, cols)), shape=(n, term.n_levels * q))
 
 
+@dataclass(frozen=True, eq=False)
+class PLSSums:
+    """The sums over rows that :class:`PLSProblem` is built from (:func:`pls_sums`), for terms in a fixed order.
+
+    Each is a sum over rows, so the sums of two chunks of rows (their codes against the same levels) add
+    (:func:`merge_pls_sums`): the reduction of the out-of-core route (:mod:`lmm_helpers.chunked`).
+
+    Attributes
+    ----------
+    sums1 : BlockSums
+        The first term's per-level ``Z1_g^T Z1_g``, ``Z1_g^T [X y]``, and ``[X y]^T [X y]`` and n.
+    A22 : sparse.csr_array (r, r)
+        ``Z2^T Z2`` of the other terms (both triangles).
+    Z2W : ndarray (r, p+1)
+        ``Z2^T [X y]``.
+    A21 : sparse.csr_array (r, m1 q1)
+        ``Z2^T Z1``, columns level-major.
+    sizes, levels : tuple
+        q_k and m_k of each term, in this order.
+    """
+
+    sums1: BlockSums
+    A22: sparse.csr_array
+    Z2W: np.ndarray
+    A21: sparse.csr_array
+    sizes: tuple
+    levels: tuple
+
+    @property
+    def n(self) -> int:
+        return self.sums1.n
+
+    @property
+    def p(self) -> int:
+        return self.sums1.p
+
+
+def pls_sums(terms: list, X: np.ndarray, y: np.ndarray) -> PLSSums:
+    """The sums over rows that lme4's penalised least squares needs, for random terms in a given order.
+
+    Parameters
+    ----------
+    terms : list of ReTerm
+        The first is held block-diagonal (lme4's order puts the term of most levels first).
+    X : ndarray (n, p)
+    y : ndarray (n,)
+
+    Returns
+    -------
+    PLSSums
+    """
+    n, p = X.shape
+    W = np.column_stack([X, y])
+    first, rest = terms[0], terms[1:]
+    q1, m1 = first.q, first.n_levels
+    cols = [first.Z[:, j] for j in range(q1)] + [W[:, j] for j in range(p + 1)]
+    sums1 = block_sums(cols, list(range(q1)), list(range(q1, q1 + p + 1)), first.codes, m1)
+    r = sum(t.q * t.n_levels for t in rest)
+    if rest:
+        Z1 = _term_matrix(first, n)
+        Z2 = sparse.hstack([_term_matrix(t, n) for t in rest], format="csc")
+        Z2t = Z2.T.tocsr()
+        A22 = sparse.csr_array(Z2t @ Z2)
+        Z2W = np.asarray(Z2t @ W)
+        A21 = sparse.csr_array(Z2t @ Z1)
+    else:
+        A22, Z2W = sparse.csr_array((0, 0)), np.zeros((0, p + 1))
+        A21 = sparse.csr_array((0, m1 * q1))
+    return PLSSums(sums1=sums1, A22=A22, Z2W=Z2W, A21=A21, sizes=tuple(t.q for t in terms),
+                   levels=tuple(t.n_levels for t in terms))
+
+
+def merge_pls_sums(a: PLSSums, b: PLSSums) -> PLSSums:
+    """The sums of two chunks of rows together (the same terms, codes against the same levels): they add."""
+    if a.sizes != b.sizes or a.levels != b.levels:
+        raise ValueError(f"merge_pls_sums: the chunks have different terms (sizes {a.sizes}, {b.sizes}; levels "
+                         f"{a.levels}, {b.levels}); give every chunk the same levels")
+    s, t = a.sums1, b.sums1
+    sums1 = BlockSums(ztz=s.ztz + t.ztz, ztw=s.ztw + t.ztw, wtw=s.wtw + t.wtw, n=s.n + t.n)
+    return PLSSums(sums1=sums1, A22=sparse.csr_array(a.A22 + b.A22), Z2W=a.Z2W + b.Z2W,
+                   A21=sparse.csr_array(a.A21 + b.A21), sizes=a.sizes, levels=a.levels)
+
+
+def pls_from_sums(sums: PLSSums) -> PLSProblem:
+    """Everything an evaluation needs that does not depend on theta, from the sums alone (no rows).
+
+    Parameters
+    ----------
+    sums : PLSSums
+        Of all the data (one pass, or chunks merged by :func:`merge_pls_sums`).
+
+    Returns
+    -------
+    PLSProblem
+    """
+    sizes, levels = sums.sizes, sums.levels
+    q1, m1, p = sizes[0], levels[0], sums.p
+    r = sum(q * m for q, m in zip(sizes[1:], levels[1:]))
+    if r > MAX_DENSE:
+        raise ValueError(f"terms: {r} random effects outside the largest grouping factor; the dense block holds "
+                         f"at most {MAX_DENSE}")
+    A22 = np.ascontiguousarray(sums.A22.toarray()) if r else np.zeros((0, 0))
+    A21 = sparse.csr_array(sums.A21)
+    K = _schur_coefficients(A21, r, m1, q1)
+    # Lambda2: each later term's template repeated over its levels; theta's entries follow the first term's.
+    rows, cols, tidx = [], [], []
+    t_off, col_off = q1 * (q1 + 1) // 2, 0
+    for q, m in zip(sizes[1:], levels[1:]):
+        tr, tc = lambda_index([q])
+        for e, (a, b) in enumerate(zip(tr, tc)):
+            base = col_off + np.arange(m) * q
+            rows.append(base + a)
+            cols.append(base + b)
+            tidx.append(np.full(m, t_off + e))
+        t_off += len(tr)
+        col_off += q * m
+    cat = (lambda a: np.concatenate(a) if a else np.zeros(0, np.intp))
+    lam_rows, lam_cols, lam_tidx = cat(rows), cat(cols), cat(tidx)
+    return PLSProblem(sizes=tuple(sizes), levels=tuple(levels), n=sums.n, p=p, sums1=sums.sums1, r=r, A22=A22,
+                      Z2W=np.asarray(sums.Z2W), A21=A21, K=K, lam_rows=lam_rows, lam_cols=lam_cols,
+                      lam_tidx=lam_tidx, lam_diag=bool(np.all(lam_rows == lam_cols)),
+                      n_theta1=q1 * (q1 + 1) // 2)
+
+
 def pls_problem(terms: list, X: np.ndarray, y: np.ndarray) -> PLSProblem:
     """Gather once everything the profiled deviance needs, for random terms in lme4's order.
+
+    The sums over rows (:func:`pls_sums`, the step a chunk of data runs), then what is built from them
+    (:func:`pls_from_sums`).
 
     Parameters
     ----------
@@ -114,45 +241,7 @@ def pls_problem(terms: list, X: np.ndarray, y: np.ndarray) -> PLSProblem:
     -------
     PLSProblem
     """
-    n, p = X.shape
-    W = np.column_stack([X, y])
-    first, rest = terms[0], terms[1:]
-    q1, m1 = first.q, first.n_levels
-    cols = [first.Z[:, j] for j in range(q1)] + [W[:, j] for j in range(p + 1)]
-    sums1 = block_sums(cols, list(range(q1)), list(range(q1, q1 + p + 1)), first.codes, m1)
-    r = sum(t.q * t.n_levels for t in rest)
-    if r > MAX_DENSE:
-        raise ValueError(f"terms: {r} random effects outside the largest grouping factor; the dense block holds "
-                         f"at most {MAX_DENSE}")
-    Z1 = _term_matrix(first, n)
-    if rest:
-        Z2 = sparse.hstack([_term_matrix(t, n) for t in rest], format="csc")
-        Z2t = Z2.T.tocsr()
-        A22 = np.ascontiguousarray((Z2t @ Z2).toarray())
-        Z2W = np.asarray(Z2t @ W)
-        A21 = sparse.csr_array(Z2t @ Z1)
-    else:
-        A22, Z2W = np.zeros((0, 0)), np.zeros((0, p + 1))
-        A21 = sparse.csr_array((0, m1 * q1))
-    K = _schur_coefficients(A21, r, m1, q1)
-    # Lambda2: each later term's template repeated over its levels; theta's entries follow the first term's.
-    rows, cols, tidx = [], [], []
-    t_off, col_off = first.q * (first.q + 1) // 2, 0
-    for t in rest:
-        tr, tc = lambda_index([t.q])
-        for e, (a, b) in enumerate(zip(tr, tc)):
-            base = col_off + np.arange(t.n_levels) * t.q
-            rows.append(base + a)
-            cols.append(base + b)
-            tidx.append(np.full(t.n_levels, t_off + e))
-        t_off += len(tr)
-        col_off += t.q * t.n_levels
-    cat = (lambda a: np.concatenate(a) if a else np.zeros(0, np.intp))
-    lam_rows, lam_cols, lam_tidx = cat(rows), cat(cols), cat(tidx)
-    return PLSProblem(sizes=tuple(t.q for t in terms), levels=tuple(t.n_levels for t in terms), n=n, p=p,
-                      sums1=sums1, r=r, A22=A22, Z2W=Z2W, A21=A21, K=K, lam_rows=lam_rows, lam_cols=lam_cols,
-                      lam_tidx=lam_tidx, lam_diag=bool(np.all(lam_rows == lam_cols)),
-                      n_theta1=q1 * (q1 + 1) // 2)
+    return pls_from_sums(pls_sums(terms, X, y))
 
 
 def _schur_coefficients(A21: sparse.csr_array, r: int, m1: int, q1: int) -> sparse.csc_array:

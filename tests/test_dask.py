@@ -4,12 +4,13 @@ The reference for the Dask route is the in-memory route, itself tested against l
 same rows must give the same numbers, whatever the partitioning.
 """
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lmm_helpers import lmm
+from lmm_helpers import SingularFitWarning, lmm
 from lmm_helpers.chunked import chunk_sums, fit_sums, merge_sums
 
 dd = pytest.importorskip("dask.dataframe", reason="dask is an optional extra: pip install -e '.[dask]'")
@@ -109,6 +110,12 @@ def test_parquet_partitions(tmp_path):
         df.iloc[rows].to_parquet(tmp_path / f"part-{i}.parquet")
     fit = lmm("y ~ x + f + (x | g)", dd.read_parquet(tmp_path), "REML")
     _same(fit, lmm("y ~ x + f + (x | g)", df, "REML"))
+    crossed = _crossed(13)
+    (tmp_path / "crossed").mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(crossed)), 4)):
+        crossed.iloc[rows].to_parquet(tmp_path / "crossed" / f"part-{i}.parquet")
+    formula = "y ~ x + f + (1 | a) + (1 | b/c)"
+    _same(lmm(formula, dd.read_parquet(tmp_path / "crossed"), "REML"), lmm(formula, crossed, "REML"))
 
 
 def test_errors():
@@ -118,6 +125,8 @@ def test_errors():
     ddf = dd.from_delayed([good, bad], meta=df.iloc[:0], verify_meta=False)
     with pytest.raises(ValueError, match=r"partition 1 has no column 'x'"):
         lmm("y ~ x + (1 | g)", ddf)
+    with pytest.raises(ValueError, match=r"partition 1 has no column 'x'"):
+        lmm("y ~ x + (1 | g) + (1 | f)", ddf)
     with pytest.raises(ValueError, match=r"'z', which is not a column of data"):
         lmm("y ~ z + (1 | g)", dd.from_pandas(df, npartitions=2))
     nan = df.assign(y=df.y.where(df.index != 150))
@@ -133,7 +142,10 @@ def test_local_cluster_of_processes():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=50) as cluster, distributed.Client(cluster):
         fit = lmm("y ~ x + f + (x | g)", dd.from_pandas(df, npartitions=4))
+        crossed = _crossed(17)
+        fit2 = lmm("y ~ x + f + (1 | a) + (1 | b)", dd.from_pandas(crossed, npartitions=4))
     _same(fit, lmm("y ~ x + f + (x | g)", df))
+    _same(fit2, lmm("y ~ x + f + (1 | a) + (1 | b)", crossed))
 
 
 def test_the_rest_does_not_import_dask():
@@ -200,13 +212,134 @@ def test_hardening_checks_out_of_core(formula, change, match):
     assert same(str(out.value)) == same(str(mem.value))
 
 
-def test_crossed_factors_are_refused_out_of_core():
+def test_interaction_as_the_only_grouping_factor_is_refused_out_of_core():
     df = _problem(7).assign(h=lambda d: d.index % 5)
-    with pytest.raises(ValueError, match=r"several grouping factors .* not implemented out of core"):
-        lmm("y ~ x + (1 | g) + (1 | h)", dd.from_pandas(df, npartitions=2))
+    with pytest.raises(ValueError, match=r"interaction a:b as its only grouping factor is not implemented"):
+        lmm("y ~ x + (1 | g:h)", dd.from_pandas(df, npartitions=2))
 
 
 def test_two_factors_in_the_fixed_part():
     """Two factor columns: each gets its own levels (a chunk's levels must not shadow the whole data's)."""
     df = _problem(8).assign(f2=lambda d: np.where(d.x > 2.0, "up", "down"))
     _same(lmm("y ~ f + f2 + (1 | g)", dd.from_pandas(df, npartitions=3)), lmm("y ~ f + f2 + (1 | g)", df))
+
+
+# --------------------------------------------------------------------------- several grouping factors
+def _crossed(seed: int, n: int = 360) -> pd.DataFrame:
+    """Two crossed factors (a: 14 integer levels, b: 6 string levels), c nested in b, a covariate with a random
+    slope over a, a 3-level string factor; rows in random order."""
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.integers(0, 14, n), rng.integers(0, 6, n), rng.integers(0, 3, n)
+    x = rng.normal(2.0, 1.5, n)
+    f = rng.choice(["lo", "mid", "hi"], n)
+    y = (5.0 + 0.8 * x + (f == "hi") * 0.7 + rng.normal(0, 1.0, 14)[a] + rng.normal(0, 0.4, 14)[a] * x
+         + rng.normal(0, 0.8, 6)[b] + rng.normal(0, 0.6, (6, 3))[b, c] + rng.normal(0, 1.0, n))
+    return pd.DataFrame({"y": y, "x": x, "f": f, "a": a, "b": [f"plate-{v}" for v in b], "c": c})
+
+
+CROSSED = ["y ~ x + f + (1 | a) + (1 | b)", "y ~ x + (1 | b/c)", "y ~ x + (x | a) + (1 | b)",
+           "y ~ x + (1 | a) + (1 | b:c)"]
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+@pytest.mark.parametrize("formula", CROSSED)
+def test_crossed_dask_equals_in_memory(formula, method):
+    """Crossed, nested (a/b: labels a:b), a vector term beside a scalar one: the Dask fit is the in-memory fit."""
+    df = _crossed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularFitWarning)  # b/c: c within b has no variance here
+        ref = lmm(formula, df, method)
+        fit = lmm(formula, dd.from_pandas(df, npartitions=4), method)
+    _same(fit, ref)
+    assert fit.terms == ref.terms and list(fit.n_groups) == list(ref.n_groups)
+    np.testing.assert_allclose(fit.scaled_resid_quantiles, ref.scaled_resid_quantiles, rtol=1e-6, atol=1e-6)
+    assert "nan" not in fit.summary()
+
+
+def test_crossed_partitions_that_miss_levels():
+    """Sorted by a: each partition holds a few of a's levels (and of the interaction b:c); string labels of b
+    sort as strings (plate-10 would come before plate-2)."""
+    df = _crossed(2, n=420).sort_values(["a", "x"]).reset_index(drop=True)
+    ddf = dd.from_pandas(df, npartitions=5, sort=False)
+    parts = [ddf.get_partition(i).compute() for i in range(ddf.npartitions)]
+    assert all(p["a"].nunique() < df["a"].nunique() for p in parts)
+    for formula in ["y ~ x + f + (1 | a) + (1 | b)", "y ~ x + (1 | a) + (1 | b:c)"]:
+        ref = lmm(formula, df, "REML")
+        fit = lmm(formula, ddf, "REML")
+        _same(fit, ref)
+        for k in ref.random_effects:
+            assert list(fit.random_effects[k].index) == list(ref.random_effects[k].index)
+
+
+def test_crossed_chunk_sums_merge_to_the_whole():
+    """crossed_sums of two halves, merged, are those of all the rows: every block adds."""
+    from lmm_helpers.chunked import _crossed_partition, _coding
+    from lmm_helpers.crossed import merge_crossed
+
+    df = _crossed(3)
+    formula = "y ~ x + (x | a) + (1 | b)"
+    codings = [_coding(df, (c,), df[[c]].drop_duplicates()) for c in ("a", "b")]
+    n_levels = [len(c.labels) for c in codings]
+    args = (["y", "x", "a", "b"], formula, {}, codings, n_levels, [0, 1], np.array([0.0, 2.0]), 5.0)
+    whole = _crossed_partition(df, 0, *args)
+    merged = merge_crossed(_crossed_partition(df.iloc[:150], 0, *args), _crossed_partition(df.iloc[150:], 1, *args))
+    for name in ("ztz", "ztw", "wtw"):
+        np.testing.assert_allclose(getattr(merged.pls.sums1, name), getattr(whole.pls.sums1, name), rtol=1e-12,
+                                   atol=1e-9)
+    for name in ("A22", "A21"):
+        np.testing.assert_allclose(getattr(merged.pls, name).toarray(), getattr(whole.pls, name).toarray(),
+                                   rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(merged.pls.Z2W, whole.pls.Z2W, rtol=1e-12, atol=1e-9)
+    assert merged.pls.n == whole.pls.n == len(df)
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_crossed_covariate_far_from_zero(method):
+    """x + 1e6: the same model, so the same log-likelihood (to 1e-9 relative; it moved by 2e-4 relative when X's
+    columns were not centred), the same slope and SE, and the intercept shifted by -1e6 times the slope; in memory and
+    out of core alike."""
+    df = _crossed(4)
+    formula = "y ~ x + f + (1 | a) + (1 | b)"
+    ref = lmm(formula, df, method)
+    far = df.assign(x=df.x + 1e6)
+    for fit in (lmm(formula, far, method), lmm(formula, dd.from_pandas(far, npartitions=3), method)):
+        assert fit.loglik == pytest.approx(ref.loglik, rel=1e-9)
+        np.testing.assert_allclose(fit.beta[1:], ref.beta[1:], rtol=1e-6)
+        np.testing.assert_allclose(fit.bse[1:], ref.bse[1:], rtol=1e-6)
+        assert fit.beta[0] + 1e6 * fit.beta[1] == pytest.approx(ref.beta[0], abs=1e-6 * ref.bse[0])
+        # the intercept's variance is that of beta0 - 1e6 beta_x: the linear map of the shifted problem's
+        x0 = np.zeros(len(ref.beta))
+        x0[0], x0[1] = 1.0, -1e6
+        assert fit.vcov[0, 0] == pytest.approx(x0 @ ref.vcov @ x0, rel=1e-6)
+
+
+@pytest.mark.parametrize("formula,change,match", [
+    ("y ~ x + x2 + (1 | a) + (1 | b)", {"x2": lambda d: 2.0 * d.x - 1.0}, r"rank-deficient"),
+    ("y ~ x + (1 | a) + (1 | b)", {"y": lambda d: 2.0 + 3.0 * d.x}, r"fitted exactly by X"),
+    ("y ~ x + (x | a) + (1 | b)", {"x": lambda d: d.x + 1e5}, r"SDs from 0"),
+    ("y ~ x + (x2 | a) + (1 | b)", {"x2": lambda d: 3.0}, r"column 'x2' is in every group"),
+    ("y ~ x + (x | a) + (x | a2)", {"a2": lambda d: d.a + 100}, r"group the rows identically"),
+    ("y ~ x + (1 | a) + (1 | b)", {"x": lambda d: d.x * 1e200}, r"column 'x'"),
+])
+def test_crossed_hardening_checks_out_of_core(formula, change, match):
+    """The checks of the crossed route that read only sums refuse the same data out of core, with the same
+    message (the magnitudes on each chunk)."""
+    df = _crossed(6).assign(x2=lambda d: d.x * 0.5 + 1.0, a2=lambda d: d.a)
+    df = df.assign(**{k: f(df) for k, f in change.items()})
+    with pytest.raises(ValueError, match=match) as mem:
+        lmm(formula, df)
+    with pytest.raises(ValueError, match=match) as out:
+        lmm(formula, dd.from_pandas(df, npartitions=3))
+    same = (lambda s: re.sub(r"magnitude \S+,", "magnitude ...,", s))
+    assert same(str(out.value)) == same(str(mem.value))
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | a) + (1 | b)", "y ~ x + (1 | a)", "y ~ 0 + x + (x | a)"])
+def test_constant_response_is_named_out_of_core(formula):
+    """Named as in memory (it was refused out of core as a y that X fits exactly, or, without an intercept, fitted)."""
+    df = _crossed(8).assign(y=2.5)
+    with pytest.raises(ValueError, match=r"is constant \(every value is 2.5\)") as mem:
+        lmm(formula, df)
+    with pytest.raises(ValueError, match=r"is constant \(every value is 2.5\)") as out:
+        lmm(formula, dd.from_pandas(df, npartitions=3))
+    assert str(out.value) == str(mem.value)
