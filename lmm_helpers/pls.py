@@ -452,14 +452,15 @@ def _gradient_general(ev: PLSEvaluation, prob: PLSProblem, method: str) -> np.nd
         times_t = (lambda M: lam2[:, None] * M) if prob.lam_diag else (lambda M: lam2.T @ M)  # Lam2^T M
         U2 = linalg.solve_triangular(ev.U2.T, ev.C2, lower=False, check_finite=False)      # L22^-T C2
         E1 -= np.asarray(prob.A21.T @ LU2).reshape(m1, q1, p + 1).transpose(1, 2, 0)
-        E2 = prob.Z2W - prob.A21 @ LU1.transpose(2, 0, 1).reshape(m1 * q1, p + 1) - prob.A22 @ LU2
+        A22 = np.tril(prob.A22) + np.tril(prob.A22, -1).T              # Z2^T Z2 (its lower triangle is the data)
+        E2 = prob.Z2W - prob.A21 @ LU1.transpose(2, 0, 1).reshape(m1 * q1, p + 1) - A22 @ LU2
         EO2 = E2 @ Omega
         rest2 = np.einsum("ek,ek->e", EO2[prob.lam_rows], U2[prob.lam_cols])
         Sinv, _ = linalg.lapack.dpotri(np.array(ev.U2.T, order="F"), lower=0)
         Sinv = np.triu(Sinv) + np.triu(Sinv, 1).T                      # S^-1, symmetric
         D = _sandwich(Lam1, Ainv)                                      # (q1, q1, m1)
         Q = (prob.K @ D.transpose(2, 0, 1).ravel()).reshape(r, r)
-        Q = prob.A22 - (np.tril(Q) + np.tril(Q, -1).T)
+        Q = A22 - (np.tril(Q) + np.tril(Q, -1).T)
         QL = times_t(Q).T                                              # Q Lam2 (Q symmetric)
         ld2 = np.einsum("ek,ek->e", QL[prob.lam_rows], Sinv[prob.lam_cols])
         grad += np.bincount(prob.lam_tidx, weights=2.0 * ld2 - 2.0 * rest2, minlength=prob.n_theta)
@@ -473,7 +474,7 @@ def _gradient_general(ev: PLSEvaluation, prob: PLSProblem, method: str) -> np.nd
         SD[np.arange(q1), np.arange(q1)] -= 1.0
         T1 += np.einsum("ijg,jkg->ikg", SD, B)
     G1 = 2.0 * np.einsum("ijg,jkg->ik", T1, LamAinv)
-    G1 -= 2.0 * np.einsum("ikg,kl,jlg->ij", E1, Omega, U1)
+    G1 -= 2.0 * np.einsum("ilg,jlg->ij", np.einsum("ikg,kl->ilg", E1, Omega), U1)
     grad[:prob.n_theta1] += G1[lambda_index([q1])]
     return grad
 

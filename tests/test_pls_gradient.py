@@ -160,3 +160,15 @@ def test_penicillin_slope_fit_converges_at_the_dense_optimum(method):
     assert -2.0 * fit.loglik <= res.fun + 1e-9
     assert -2.0 * fit.loglik == pytest.approx(res.fun, abs=1e-7)
     np.testing.assert_allclose(fit.theta, res.x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_one_term_is_slopes_gradient(method):
+    """One (Days | Subject) term (no dense block): slopes.evaluate's gradient, derived per group without Z2."""
+    from lmm_helpers.slopes import block_sums, evaluate, lambda_index
+    terms, X, y = problem_terms("sleepstudy", "Reaction ~ Days + (Days | Subject)")
+    theta = np.array([0.95, -0.3, 0.23])
+    g = pls_evaluate(theta, pls_problem(terms, X, y), method, gradient=True).grad
+    sums = block_sums([X[:, 0], X[:, 1], y], [0, 1], [0, 1, 2], terms[0].codes, terms[0].n_levels, ones=0)
+    ref = evaluate(theta, sums, lambda_index([2]), method, gradient=True).grad
+    np.testing.assert_allclose(g, ref, rtol=1e-9, atol=1e-9 * np.max(np.abs(ref)))
