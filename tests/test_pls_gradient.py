@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import optimize
+from threadpoolctl import threadpool_limits
 from test_crossed import dense_criterion, problem_terms
 
 import lmm_helpers as lh
@@ -172,3 +173,38 @@ def test_one_term_is_slopes_gradient(method):
     sums = block_sums([X[:, 0], X[:, 1], y], [0, 1], [0, 1, 2], terms[0].codes, terms[0].n_levels, ones=0)
     ref = evaluate(theta, sums, lambda_index([2]), method, gradient=True).grad
     np.testing.assert_allclose(g, ref, rtol=1e-9, atol=1e-9 * np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("H, g, on_bound, expected", [
+    ([1e6, 1e6], [5e-3, 1e-4], False, True),    # raw 5e-3 fails; scaled 5e-3 / sqrt(1e6) = 5e-6 passes
+    ([1.0, 1e6], [5e-3, 1e-4], False, False),   # the first component fails both ways
+    ([1.0, 1.0], [1e-3, -1.9e-3], False, True),  # raw passes: no Hessian needed
+    ([1e6, -1.0], [5e-3, 0.0], False, False),   # a saddle: no Cholesky factor, not converged
+    ([1.0, 1.0], [1.0, 1e-4], True, True),      # pushed onto the bound theta_1 = 0: projected away
+])
+def test_convergence_check_is_lme4s(H, g, on_bound, expected):
+    """crossed._converged on a quadratic with Hessian diag(H) and gradient g at theta (closed forms): lme4's
+    max(pmin(|R^-1 g|, |g|)) < 2e-3 over the free components, H = R^T R."""
+    from lmm_helpers.crossed import _converged
+    H, g = np.array(H), np.array(g)
+    theta = np.array([0.0 if on_bound else 0.5, 0.7])
+    opt = theta - g / H
+    grad_fn = lambda t: H * (t - opt)  # noqa: E731
+    lower = np.array([0.0, -np.inf])
+    assert _converged(grad_fn, theta, lower) is expected
+
+
+def test_large_fit_stopped_by_ftol_is_converged():
+    """8000 rows, (x | a) + (x | b) + (1 | c): L-BFGS-B stops on its relative reduction of a criterion of 25000
+    (ftol 1e-12) with a raw gradient of 8e-3 (measured here), 2e-8 deviance units from the optimum: converged by
+    lme4's scaled gradient, and a tighter run from there gains less than 1e-7."""
+    from lmm_helpers.crossed import _optimise
+    terms, X, y = random_problem(5, [(2, 400, "a", True), (2, 60, "b", True), (1, 20, "c", True)], n=8000)
+    prob = pls_problem(terms, X, y - y.mean())
+    fun = lambda t: (lambda ev: (ev.deviance, ev.grad))(pls_evaluate(t, prob, "ML", gradient=True))  # noqa: E731
+    with threadpool_limits(limits=1, user_api="blas"):  # as fit_crossed runs it
+        theta, converged = _optimise(prob, list(prob.sizes), "ML")
+        tight = optimize.minimize(fun, theta, jac=True, method="L-BFGS-B", bounds=theta_bounds(list(prob.sizes))[1],
+                                  options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000})
+    assert converged
+    assert 0.0 <= fun(theta)[0] - tight.fun < 1e-7
