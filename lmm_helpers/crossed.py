@@ -290,9 +290,9 @@ def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
 
     The gradient is analytic: :func:`lmm_helpers.pls._gradient` with scalar terms only (``(1 | a) + (1 | b) ...``),
     :func:`lmm_helpers.pls._gradient_general` otherwise. Finite differences had served the latter: scipy's in
-    L-BFGS-B, and central ones with h = 1e-6 max(|theta|, 1e-2) in the convergence check, where the criterion's
-    rounding (about 1e-13 relative, 1e-10 absolute on a deviance of 350) divided by 2h alone gives errors of
-    order 1e-4 to 1e-2 near theta = 0.
+    L-BFGS-B (5 times the evaluations on sleepstudy's ``(Days | Subject) + (1 | DayF)``), and central ones with
+    h = 1e-6 max(|theta|, 1e-2) in the convergence check, whose error is the criterion's rounding divided by 2h:
+    near theta = 0 (h = 1e-8) a rounding of 5e-11 on a deviance of 350 already gives 2.5e-3, over lme4's 2e-3.
     """
     start, bounds = theta_bounds(sizes)
     opts = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000}
