@@ -33,7 +33,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import linalg, sparse
 
-from .slopes import BlockSums, _backward, _chol, _forward, block_sums, lambda_index
+from .slopes import (BlockSums, _backward, _chol, _crossprod_tri, _forward, _sandwich, _tri_inv, block_sums,
+                     lambda_index)
 
 __all__ = ["ReTerm", "PLSSums", "PLSProblem", "PLSEvaluation", "pls_sums", "merge_pls_sums", "pls_from_sums",
            "pls_problem", "pls_evaluate", "conditional_modes", "deviance_theta_sigma", "MAX_DENSE"]
@@ -325,7 +326,8 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: boo
     prob : PLSProblem
     method : {"ML", "REML"}
     gradient : bool
-        Also the analytic gradient in theta (:func:`_gradient`; only when every term is scalar, else None).
+        Also the analytic gradient in theta (:func:`_gradient` when every term is scalar, else
+        :func:`_gradient_general`).
 
     Returns
     -------
@@ -404,6 +406,8 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: boo
                        Lam1=Lam1, L1=L1, C1=C1, U2=U2, C2=C2, lam2=lam2)
     if gradient and all(q == 1 for q in prob.sizes):
         ev = replace(ev, grad=_gradient(ev, prob, method, a))
+    elif gradient:
+        ev = replace(ev, grad=_gradient_general(ev, prob, method))
     return ev
 
 
@@ -482,6 +486,90 @@ def _gradient(ev: PLSEvaluation, prob: PLSProblem, method: str, a: np.ndarray) -
     if method == "REML":
         g = g - inv * np.array(sq_p)
     return np.where(theta > 0, g, 0.0)
+
+
+def _gradient_general(ev: PLSEvaluation, prob: PLSProblem, method: str) -> np.ndarray:
+    """The analytic gradient of the criterion for terms of any size (vector-valued, ``||`` or scalar).
+
+    theta_i is one entry (a, b) of one term's template T_k, so ``dLambda / dtheta_i`` has ones at (a, b) of every
+    level's block of that term. Write ``<M, dLambda>`` for the sum of M's entries at those positions (the
+    pattern ``lambda_index`` for the first term, ``lam_rows, lam_cols, lam_tidx`` for the dense block). With
+    ``A = Lambda^T Z^T Z Lambda + I``, ``V = I + Z Lambda Lambda^T Z^T`` and ``W = [X y]``:
+
+        d log|A|     = tr(A^-1 dA) = 2 <Z^T Z Lambda A^-1, dLambda>
+        d r^2        = -2 <Z^T e u^T, dLambda>,   e = y - X beta - Z Lambda u   (envelope: u, beta optimal)
+        d log|R_X|^2 = d log|X^T V^-1 X| = -2 <Z^T V^-1 X G^-1 X^T V^-1 Z Lambda, dLambda>,   G = R_X R_X^T.
+
+    The last two share one matrix. ``U = A^-1 Lambda^T Z^T W = L^-T C`` (:func:`_solve_LT`) holds ``P = U[:, :p]``
+    and ``u = U c``, ``c = (-beta, 1)``. By the push-through identity ``Lambda^T Z^T V^-1 = A^-1 Lambda^T Z^T``,
+    ``Lambda^T Z^T V^-1 X = P`` and ``Z^T V^-1 X = Z^T (X - Z Lambda P)``; and ``Z^T e = Z^T (W - Z Lambda U) c``.
+    So with ``E = Z^T (W - Z Lambda U)`` and ``Omega = (m / r^2) c c^T (+ [[G^-1, 0], [0, 0]] for REML)``,
+
+        d criterion = 2 <Z^T Z Lambda A^-1, dLambda> - 2 <E Omega U^T, dLambda>      (m = n, or n - p for REML).
+
+    ``E`` needs ``Z^T Z Lambda U`` only: per level of the first term and through ``Z2^T Z1``, ``Z2^T Z2``. The
+    blocks of ``Z^T Z Lambda A^-1`` that the pattern reads come from the blocked inverse of ``A``
+    (``S = L22 L22^T`` the Schur complement, ``D_g = Lam1 A11_g^-1 Lam1^T``, ``Q = Z2^T Z2 - Z2^T Z1 D Z1^T Z2``,
+    so that ``S = Lam2^T Q Lam2 + I``):
+
+        dense block:       Q Lam2 S^-1
+        first term, g:     (S_g + (S_g D_g - I) B_g) Lam1 A11_g^-1,   B_g = [Z1^T Z2 Lam2 S^-1 Lam2^T Z2^T Z1]_gg,
+
+    S^-1 from the Cholesky factor (``dpotri``), ``B_g`` by the transpose of the Schur coefficients K. With scalar
+    terms ``Lambda_k = theta_k I`` these reduce to :func:`_gradient`'s formulas (``E = U / theta_k``, ``Q Lam2
+    S^-1 = (I - S^-1) / theta_k``); with one term, to :func:`lmm_helpers.slopes.evaluate`'s. No n x n matrix and
+    no inverse of Lambda: theta on its bounds (a zero diagonal entry) needs no special case. Cost: ``dpotri`` (r^3/3
+    flops, as the factor), products with K and K^T (one each, the evaluation has one) and O(r^2 q) with Lambda2;
+    the evaluation with its gradient took 2-4 times the evaluation alone (measured here, 8000-30000 rows, r up to
+    660), where finite differences take one more evaluation per entry of theta.
+    """
+    p, r = prob.p, prob.r
+    q1, m1 = prob.sizes[0], prob.levels[0]
+    s1, Lam1, L1 = prob.sums1, ev.Lam1, ev.L1
+    coef = np.append(-ev.beta, 1.0)
+    m = prob.n if method == "ML" else prob.n - p
+    Omega = (m / ev.r2) * np.outer(coef, coef)
+    if method == "REML":
+        RXi = linalg.solve_triangular(ev.RX, np.eye(p), lower=True, check_finite=False)
+        Omega[:p, :p] += RXi.T @ RXi                                   # G^-1
+    U1, LU2 = _solve_LT(ev, prob, ev.C1, ev.C2)                        # (q1, p+1, m1), Lam2 U2 (r, p+1)
+    LU1 = np.tensordot(Lam1, U1, axes=(1, 0))                          # Lam1 U1_g
+    E1 = s1.ztw - np.einsum("ijg,jkg->ikg", s1.ztz, LU1)               # Z1_g^T (W - Z Lambda U), first part
+    Ainv = _crossprod_tri(_tri_inv(L1))                                # A11_g^-1
+    LamAinv = np.einsum("ij,jkg->ikg", Lam1, Ainv)
+    T1 = s1.ztz.copy()                                                 # S_g (+ (S_g D_g - I) B_g below)
+    grad = np.zeros(prob.n_theta)
+    if r:
+        lam2 = ev.lam2
+        times = (lambda M: lam2[:, None] * M) if prob.lam_diag else (lambda M: lam2 @ M)    # Lam2 M
+        times_t = (lambda M: lam2[:, None] * M) if prob.lam_diag else (lambda M: lam2.T @ M)  # Lam2^T M
+        U2 = linalg.solve_triangular(ev.U2.T, ev.C2, lower=False, check_finite=False)      # L22^-T C2
+        E1 -= np.asarray(prob.A21.T @ LU2).reshape(m1, q1, p + 1).transpose(1, 2, 0)
+        A22 = np.tril(prob.A22) + np.tril(prob.A22, -1).T              # Z2^T Z2 (its lower triangle is the data)
+        E2 = prob.Z2W - prob.A21 @ LU1.transpose(2, 0, 1).reshape(m1 * q1, p + 1) - A22 @ LU2
+        EO2 = E2 @ Omega
+        rest2 = np.einsum("ek,ek->e", EO2[prob.lam_rows], U2[prob.lam_cols])
+        Sinv, _ = linalg.lapack.dpotri(np.array(ev.U2.T, order="F"), lower=0)
+        Sinv = np.triu(Sinv) + np.triu(Sinv, 1).T                      # S^-1, symmetric
+        D = _sandwich(Lam1, Ainv)                                      # (q1, q1, m1)
+        Q = (prob.K @ D.transpose(2, 0, 1).ravel()).reshape(r, r)
+        Q = A22 - (np.tril(Q) + np.tril(Q, -1).T)
+        QL = times_t(Q).T                                              # Q Lam2 (Q symmetric)
+        ld2 = np.einsum("ek,ek->e", QL[prob.lam_rows], Sinv[prob.lam_cols])
+        grad += np.bincount(prob.lam_tidx, weights=2.0 * ld2 - 2.0 * rest2, minlength=prob.n_theta)
+        # B_g through K: K^T vec(lower(W)) sums A21[i, ga] A21[j, gb] W[i, j] over i >= j; halving W's diagonal
+        # and adding the transpose gives the sum over all i, j.
+        Wm = times(times(Sinv).T)                                      # Lam2 S^-1 Lam2^T
+        Wm = np.tril(Wm, -1) + 0.5 * np.diag(np.diag(Wm))
+        Bh = (prob.K.T @ Wm.ravel()).reshape(m1, q1, q1).transpose(1, 2, 0)
+        B = Bh + Bh.transpose(1, 0, 2)
+        SD = np.einsum("ijg,jkg->ikg", s1.ztz, D)
+        SD[np.arange(q1), np.arange(q1)] -= 1.0
+        T1 += np.einsum("ijg,jkg->ikg", SD, B)
+    G1 = 2.0 * np.einsum("ijg,jkg->ik", T1, LamAinv)
+    G1 -= 2.0 * np.einsum("ilg,jlg->ij", np.einsum("ikg,kl->ilg", E1, Omega), U1)
+    grad[:prob.n_theta1] += G1[lambda_index([q1])]
+    return grad
 
 
 def conditional_modes(ev: PLSEvaluation, prob: PLSProblem) -> list:
