@@ -22,7 +22,7 @@ from .formula import grouping_factor
 from .mixed import (_HESS_TOL, _OFFSET_SDS, _SINGULAR_TOL, LMMFit, _centred, _check_levels, _check_rank, _check_z,
                     _richardson, _varcorr, _warn_fit)
 from .pls import ReTerm, _term_matrix, conditional_modes, deviance_theta_sigma, pls_evaluate, pls_problem
-from .slopes import block_sums, lambda_index
+from .slopes import BlockSums, block_sums, evaluate, lambda_index
 
 __all__ = ["crossed_criterion", "fit_crossed", "theta_bounds"]
 
@@ -285,11 +285,55 @@ def _optimise_scaled(model, built: list, prob, sizes: list, method: str) -> tupl
     return theta / np.concatenate(scales)[lambda_index(sizes)[0]], converged
 
 
-def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
-    """Minimise the profiled criterion over theta within lme4's bounds, from lme4's start, by L-BFGS-B.
+def _scalar_start(prob, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """A start and a scale for theta when every term is scalar: each term's one-factor fit, and the width of its
+    one-factor criterion there.
 
-    With scalar terms only (``(1 | a) + (1 | b) ...``) the gradient is analytic (:func:`lmm_helpers.pls._gradient`);
-    otherwise scipy's finite differences.
+    Term k alone (``y ~ X + (z_k | g_k)``) needs only its per-level sums ``z^T z`` and ``z^T [X y]`` and
+    ``[X y]^T [X y]``, all in the PLS problem (the first term's ``sums1``; the diagonal of ``A22`` and the rows of
+    ``Z2^T [X y]`` for the others), so its fit (:func:`lmm_helpers.slopes.evaluate`, O(m_k) an evaluation) costs
+    nothing next to one evaluation of the whole criterion. Its theta is the start (at least 0.1, so that no term
+    starts on the boundary, where the criterion is flat in it), and ``1 / sqrt(h_k)``, h_k the second derivative
+    of the one-factor criterion there, the scale: the optimiser works in ``theta / scale``, where a unit step
+    changes the criterion by about one unit in each direction. A term whose one-factor criterion is flat (no
+    better than at theta = 1: X spans its factor under REML, say) keeps lme4's start, unscaled. On InstEval this takes L-BFGS-B from 21 evaluations
+    (lme4's start, theta = 1, unscaled) to 7, at the same optimum.
+    """
+    s1, index = prob.sums1, lambda_index([1])
+    per_term = [(s1.ztz[0, 0], s1.ztw[0])]
+    diag22, off = np.diag(prob.A22), 0
+    for m in prob.levels[1:]:
+        per_term.append((diag22[off:off + m], prob.Z2W[off:off + m].T))
+        off += m
+    start, scale = [], []
+    for ztz, ztw in per_term:
+        sums = BlockSums(ztz=ztz[None, None, :], ztw=ztw[None, :, :], wtw=s1.wtw, n=prob.n)
+
+        def crit(t, sums=sums):
+            return evaluate(np.array([t]), sums, index, method).deviance
+
+        log_t = optimize.minimize_scalar(lambda x: crit(np.exp(x)), bounds=(np.log(1e-3), np.log(1e3)),
+                                         method="bounded").x
+        t = float(np.exp(log_t))
+        if not crit(1.0) - crit(t) > 1e-8 * abs(crit(t)):  # flat (X spans the factor under REML): lme4's start
+            start.append(1.0)
+            scale.append(1.0)
+            continue
+        t = max(t, 0.1)
+        h = 1e-4 * t
+        grad = [evaluate(np.array([t + e]), sums, index, method, gradient=True).grad[0] for e in (h, -h)]
+        curv = (grad[0] - grad[1]) / (2.0 * h)
+        start.append(t)
+        scale.append(1.0 / np.sqrt(curv) if np.isfinite(curv) and curv > 0 else 1.0)
+    return np.array(start), np.array(scale)
+
+
+def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
+    """Minimise the profiled criterion over theta within lme4's bounds by L-BFGS-B.
+
+    With scalar terms only (``(1 | a) + (1 | b) ...``) the gradient is analytic (:func:`lmm_helpers.pls._gradient`)
+    and the start and scale come from each term's one-factor fit (:func:`_scalar_start`); otherwise from lme4's
+    start, with scipy's finite differences.
     """
     start, bounds = theta_bounds(sizes)
     opts = {"ftol": 1e-12, "gtol": 1e-8, "maxiter": 1000}
@@ -299,18 +343,25 @@ def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
         return pls_evaluate(t, prob, method).deviance
 
     if scalar:
-        def fun(t):
-            ev = pls_evaluate(t, prob, method, gradient=True)
-            return ev.deviance, ev.grad
+        start, scale = _scalar_start(prob, method)
+        seen: dict = {}
 
-        res = optimize.minimize(fun, start, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        def fun(x):
+            ev = pls_evaluate(x * scale, prob, method, gradient=True)
+            seen[ev.theta.tobytes()] = ev.grad
+            return ev.deviance, ev.grad * scale
+
+        res = optimize.minimize(fun, start / scale, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+        theta = res.x * scale
     else:
         res = optimize.minimize(value, start, method="L-BFGS-B", bounds=bounds, options=opts)
-    theta = res.x
+        theta = res.x
     # Converged: the projected gradient is below lme4's tolerance (check.conv.grad, 0.002), whatever stopped the
     # optimiser (L-BFGS-B can end with a failed line search at an optimum, where rounding hides any descent).
     if scalar:
-        grad = pls_evaluate(theta, prob, method, gradient=True).grad
+        grad = seen.get(theta.tobytes())
+        if grad is None:
+            grad = pls_evaluate(theta, prob, method, gradient=True).grad
     else:
         h = 1e-6 * np.maximum(np.abs(theta), 1e-2)
         grad = np.array([(value(theta + e) - value(theta - e)) / (2 * e[i])
