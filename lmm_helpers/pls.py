@@ -29,6 +29,7 @@ factor needs no further dependency; only the first, largest factor gains from sp
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 from scipy import linalg, sparse
@@ -90,6 +91,28 @@ class PLSProblem:
     @property
     def q_total(self) -> int:
         return sum(k * m for k, m in zip(self.sizes, self.levels))
+
+    @cached_property
+    def K_lower(self) -> tuple:
+        """The entries of the dense block's lower triangle that the data let be nonzero, and K on those only:
+        ``(Kc, i, j, w, a22)``, ``Kc vec(D)`` the entries ``(i, j)`` (i >= j) of ``lower(Z2^T Z1 D Z1^T Z2)``,
+        ``a22`` those of ``A22``, w 1 on the diagonal and 2 off it (for inner products with a symmetric matrix).
+
+        The entries are K's nonzero rows, A22's nonzeros and the diagonal (K's rows hold A22's nonzeros when Z
+        has no zeros, as for random intercepts). InstEval: 145,400 of 668,000 (22%), so a product with Kc writes
+        into a vector that stays in cache, and only those entries are set, where ``K vec(D)`` writes every entry.
+        Made once from K (its data and column pointers shared), the first time an evaluation needs it.
+        """
+        K, r = sparse.csc_array(self.K), self.r
+        used = np.zeros(K.shape[0], dtype=bool)
+        used[K.indices] = True
+        used[np.flatnonzero(np.tril(self.A22))] = True
+        used[np.arange(r) * (r + 1)] = True
+        rows = np.flatnonzero(used)
+        new_index = (np.cumsum(used) - 1)[K.indices]
+        Kc = sparse.csc_array((K.data, new_index.astype(np.int32), K.indptr), shape=(len(rows), K.shape[1]))
+        i, j = np.divmod(rows, max(r, 1))
+        return Kc, i, j, np.where(i == j, 1.0, 2.0), self.A22[i, j]
 
 
 def _term_matrix(term: ReTerm, n: int) -> sparse.csc_array:
@@ -280,13 +303,16 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: boo
     F[r:, r:] = s1.wtw - c1tc1
     if r:
         Q = F[:r, :r]
-        np.subtract(prob.A22, (prob.K @ Dvec).reshape(r, r), out=Q)
+        Kc, ki, kj, _, a22 = prob.K_lower
         H = prob.Z2W - prob.A21 @ DZW_flat
         if prob.lam_diag:
-            Q *= lam2[:, None]
-            Q *= lam2[None, :]
+            # Lambda2 Q Lambda2 is nonzero only at (ki, kj) in the lower triangle: set those, the rest 0
+            Q[...] = 0.0
+            Q[ki, kj] = (a22 - Kc @ Dvec) * (lam2[ki] * lam2[kj])
             H = lam2[:, None] * H
         else:
+            Q[...] = prob.A22
+            Q[ki, kj] -= Kc @ Dvec
             Qs = np.tril(Q) + np.tril(Q, -1).T
             Q[...] = (lam2.T @ (lam2.T @ Qs).T).T
             H = lam2.T @ H
@@ -368,12 +394,11 @@ def _gradient(ev: PLSEvaluation, prob: PLSProblem, method: str, a: np.ndarray) -
         Sinv, _ = linalg.lapack.dpotri(np.array(ev.U2.T, order="F"), lower=0)
         Sinv = Sinv.T                                      # C view: lower triangle valid
         diag = np.diag(Sinv).copy()
-        # B = Lam2 (Z2^T Z1 diag(lam^2 / a^2) Z1^T Z2) Lam2: K fills its lower triangle, the upper stays 0, so
-        # <S^-1, B> over the symmetric matrices is twice the sum over all entries less the diagonal's.
-        B = (prob.K @ (lam * lam / a**2)).reshape(r, r)
-        B *= lam2[:, None]
-        B *= lam2[None, :]
-        tr[0] += float(2.0 * np.vdot(Sinv, B) - diag @ np.diag(B))
+        # B = Lam2 (Z2^T Z1 diag(lam^2 / a^2) Z1^T Z2) Lam2 is nonzero only where K's rows are (its lower triangle
+        # at (ki, kj)), so <S^-1, B> over the symmetric matrices is a sum over those, off-diagonal ones twice.
+        Kc, ki, kj, w, _ = prob.K_lower
+        B = (Kc @ (lam * lam / a**2)) * (lam2[ki] * lam2[kj])
+        tr[0] += float(np.sum(w * B * Sinv[ki, kj]))
         u2 = U2 @ coef
         P2 = U2[:, :p]
         off = 0
