@@ -286,8 +286,7 @@ def _optimise_scaled(model, built: list, prob, sizes: list, method: str) -> tupl
 
 
 def _scalar_start(prob, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """A start and a scale for theta when every term is scalar: each term's one-factor fit, and the width of its
-    one-factor criterion there.
+    """Start and scale of theta for scalar terms: each term's one-factor fit and its criterion's width there.
 
     Term k alone (``y ~ X + (z_k | g_k)``) needs only its per-level sums ``z^T z`` and ``z^T [X y]`` and
     ``[X y]^T [X y]``, all in the PLS problem (the first term's ``sums1``; the diagonal of ``A22`` and the rows of
@@ -296,8 +295,8 @@ def _scalar_start(prob, method: str) -> tuple[np.ndarray, np.ndarray]:
     starts on the boundary, where the criterion is flat in it), and ``1 / sqrt(h_k)``, h_k the second derivative
     of the one-factor criterion there, the scale: the optimiser works in ``theta / scale``, where a unit step
     changes the criterion by about one unit in each direction. A term whose one-factor criterion is flat (no
-    better than at theta = 1: X spans its factor under REML, say) keeps lme4's start, unscaled. On InstEval this takes L-BFGS-B from 21 evaluations
-    (lme4's start, theta = 1, unscaled) to 7, at the same optimum.
+    better than at theta = 1: X spans its factor under REML, say) keeps lme4's start, unscaled. On InstEval this
+    takes L-BFGS-B from 21 evaluations (lme4's start, theta = 1, unscaled) to 7, at the same optimum.
     """
     s1, index = prob.sums1, lambda_index([1])
     per_term = [(s1.ztz[0, 0], s1.ztw[0])]
@@ -365,8 +364,10 @@ def _projected(theta: np.ndarray, grad: np.ndarray, bounds: list) -> np.ndarray:
 
 
 def _optimise_scalar(prob, method: str, bounds: list, opts: dict) -> tuple[np.ndarray, np.ndarray]:
-    """L-BFGS-B with the analytic gradient (:func:`lmm_helpers.pls._gradient`) from each term's one-factor fit, in
-    ``theta / scale`` (:func:`_scalar_start`); theta and the gradient there.
+    """Theta and the gradient there, for scalar terms: L-BFGS-B from each term's one-factor fit, scaled.
+
+    The gradient is analytic (:func:`lmm_helpers.pls._gradient`), the optimiser works in ``theta / scale``
+    (:func:`_scalar_start`).
 
     Two safeguards, each a restart of L-BFGS-B (at most two in all). Should it stop (its relative reduction of the
     criterion below ftol) with a projected gradient above lme4's tolerance, it goes on from there (on InstEval and
