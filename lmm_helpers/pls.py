@@ -106,11 +106,13 @@ class PLSProblem:
         K, r = sparse.csc_array(self.K), self.r
         used = np.zeros(K.shape[0], dtype=bool)
         used[K.indices] = True
-        used[np.flatnonzero(np.tril(self.A22))] = True
+        nz = np.flatnonzero(self.A22)
+        used[nz[nz // r >= nz % r]] = True
         used[np.arange(r) * (r + 1)] = True
         rows = np.flatnonzero(used)
-        new_index = (np.cumsum(used) - 1)[K.indices]
-        Kc = sparse.csc_array((K.data, new_index.astype(np.int32), K.indptr), shape=(len(rows), K.shape[1]))
+        position = np.empty(K.shape[0], dtype=np.int32)
+        position[rows] = np.arange(len(rows), dtype=np.int32)
+        Kc = sparse.csc_array((K.data, position[K.indices], K.indptr), shape=(len(rows), K.shape[1]))
         i, j = np.divmod(rows, max(r, 1))
         return Kc, i, j, np.where(i == j, 1.0, 2.0), self.A22[i, j]
 
