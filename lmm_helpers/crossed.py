@@ -307,24 +307,31 @@ def _scalar_start(prob, method: str) -> tuple[np.ndarray, np.ndarray]:
     start, scale = [], []
     for ztz, ztw in per_term:
         sums = BlockSums(ztz=ztz[None, None, :], ztw=ztw[None, :, :], wtw=s1.wtw, n=prob.n)
+        try:
+            t, sc = _one_factor_start(sums, index, method)
+        except (np.linalg.LinAlgError, FloatingPointError):  # a start is a heuristic: never the reason a fit fails
+            t, sc = 1.0, 1.0
+        start.append(t)
+        scale.append(sc)
+    return np.array(start), np.array(scale)
 
-        def crit(t, sums=sums):
+
+def _one_factor_start(sums, index: tuple, method: str) -> tuple[float, float]:
+    """One term's start and scale for :func:`_scalar_start`, from its one-factor sums; (1, 1) when flat."""
+    with np.errstate(divide="raise", over="raise", invalid="raise"):
+        def crit(t):
             return evaluate(np.array([t]), sums, index, method).deviance
 
         log_t = optimize.minimize_scalar(lambda x: crit(np.exp(x)), bounds=(np.log(1e-3), np.log(1e3)),
                                          method="bounded").x
         t = float(np.exp(log_t))
         if not crit(1.0) - crit(t) > 1e-8 * abs(crit(t)):  # flat (X spans the factor under REML): lme4's start
-            start.append(1.0)
-            scale.append(1.0)
-            continue
+            return 1.0, 1.0
         t = max(t, 0.1)
         h = 1e-4 * t
         grad = [evaluate(np.array([t + e]), sums, index, method, gradient=True).grad[0] for e in (h, -h)]
         curv = (grad[0] - grad[1]) / (2.0 * h)
-        start.append(t)
-        scale.append(1.0 / np.sqrt(curv) if np.isfinite(curv) and curv > 0 else 1.0)
-    return np.array(start), np.array(scale)
+    return t, (1.0 / np.sqrt(curv) if np.isfinite(curv) and curv > 0 else 1.0)
 
 
 def _optimise(prob, sizes: list, method: str) -> tuple[np.ndarray, bool]:
