@@ -29,6 +29,7 @@ factor needs no further dependency; only the first, largest factor gains from sp
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 from scipy import linalg, sparse
@@ -91,6 +92,30 @@ class PLSProblem:
     @property
     def q_total(self) -> int:
         return sum(k * m for k, m in zip(self.sizes, self.levels))
+
+    @cached_property
+    def K_lower(self) -> tuple:
+        """The entries of the dense block's lower triangle that the data let be nonzero, and K on those only:
+        ``(Kc, i, j, w, a22)``, ``Kc vec(D)`` the entries ``(i, j)`` (i >= j) of ``lower(Z2^T Z1 D Z1^T Z2)``,
+        ``a22`` those of ``A22``, w 1 on the diagonal and 2 off it (for inner products with a symmetric matrix).
+
+        The entries are K's nonzero rows, A22's nonzeros and the diagonal (K's rows hold A22's nonzeros when Z
+        has no zeros, as for random intercepts). InstEval: 145,400 of 668,000 (22%), so a product with Kc writes
+        into a vector that stays in cache, and only those entries are set, where ``K vec(D)`` writes every entry.
+        Made once from K (its data and column pointers shared), the first time an evaluation needs it.
+        """
+        K, r = sparse.csc_array(self.K), self.r
+        used = np.zeros(K.shape[0], dtype=bool)
+        used[K.indices] = True
+        nz = np.flatnonzero(self.A22)
+        used[nz[nz // r >= nz % r]] = True
+        used[np.arange(r) * (r + 1)] = True
+        rows = np.flatnonzero(used)
+        position = np.empty(K.shape[0], dtype=np.int32)
+        position[rows] = np.arange(len(rows), dtype=np.int32)
+        Kc = sparse.csc_array((K.data, position[K.indices], K.indptr), shape=(len(rows), K.shape[1]))
+        i, j = np.divmod(rows, max(r, 1))
+        return Kc, i, j, np.where(i == j, 1.0, 2.0), self.A22[i, j]
 
 
 def _term_matrix(term: ReTerm, n: int) -> sparse.csc_array:
@@ -371,13 +396,16 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: boo
     F[r:, r:] = s1.wtw - c1tc1
     if r:
         Q = F[:r, :r]
-        np.subtract(prob.A22, (prob.K @ Dvec).reshape(r, r), out=Q)
+        Kc, ki, kj, _, a22 = prob.K_lower
         H = prob.Z2W - prob.A21 @ DZW_flat
         if prob.lam_diag:
-            Q *= lam2[:, None]
-            Q *= lam2[None, :]
+            # Lambda2 Q Lambda2 is nonzero only at (ki, kj) in the lower triangle: set those, the rest 0
+            Q[...] = 0.0
+            Q[ki, kj] = (a22 - Kc @ Dvec) * (lam2[ki] * lam2[kj])
             H = lam2[:, None] * H
         else:
+            Q[...] = prob.A22
+            Q[ki, kj] -= Kc @ Dvec
             Qs = np.tril(Q) + np.tril(Q, -1).T
             Q[...] = (lam2.T @ (lam2.T @ Qs).T).T
             H = lam2.T @ H
@@ -411,17 +439,24 @@ def pls_evaluate(theta: np.ndarray, prob: PLSProblem, method: str, gradient: boo
     return ev
 
 
-def _solve_LT(ev: PLSEvaluation, prob: PLSProblem, V1: np.ndarray, V2: np.ndarray) -> tuple:
+def _solve_LT(ev: PLSEvaluation, prob: PLSProblem, V1: np.ndarray, V2: np.ndarray,
+              L22T: np.ndarray | None = None) -> tuple:
     """Solve ``L^T U = V`` blockwise: ``U2 = L22^-T V2``, then ``U1 = L11^-T (V1 - L11^-1 Lam1^T Z1^T Z2 Lam2 U2)``.
 
-    V1 is (q1, k, m1) and V2 (r, k); returns U1 (q1, k, m1) and ``Lam2 U2`` (r, k).
+    V1 is (q1, k, m1) and V2 (r, k); returns U1 (q1, k, m1) and ``Lam2 U2`` (r, k). ``L22T``: ``L22^T`` as a
+    Fortran-ordered array (its upper triangle used), if the caller has made one.
     """
     q1, m1 = prob.sizes[0], prob.levels[0]
     k = V1.shape[1]
     LU2 = np.zeros((0, k))
     if prob.r:
-        # L22^T is the upper triangle of the transposed view (the strict upper part of U2 is not cleaned)
-        U2 = linalg.solve_triangular(ev.U2.T, V2, lower=False, check_finite=False)
+        # L22^T is the upper triangle of the transposed view (the strict upper part of U2 is not cleaned); LAPACK
+        # wants it contiguous: copied (1.4 ms on InstEval), solve_triangular on the view takes 10 ms here
+        if L22T is None:
+            L22T = np.array(ev.U2.T, order="F")
+        U2, info = linalg.lapack.dtrtrs(L22T, V2, lower=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"the triangular solve with L22 failed (info {info})")
         LU2 = ev.lam2[:, None] * U2 if prob.lam_diag else ev.lam2 @ U2
         t = np.asarray(prob.A21.T @ LU2).reshape(m1, q1, k).transpose(1, 2, 0)    # (q1, k, m1)
         V1 = V1 - _forward(ev.L1, np.tensordot(ev.Lam1.T, t, axes=(1, 0)))
@@ -444,7 +479,8 @@ def _gradient(ev: PLSEvaluation, prob: PLSProblem, method: str, a: np.ndarray) -
     """
     p, n, r = prob.p, prob.n, prob.r
     theta = ev.theta
-    U1, LU2 = _solve_LT(ev, prob, ev.C1, ev.C2)
+    L22T = np.array(ev.U2.T, order="F") if r else None     # L22^T, Fortran order (LAPACK's upper triangle)
+    U1, LU2 = _solve_LT(ev, prob, ev.C1, ev.C2, L22T)
     coef = np.append(-ev.beta, 1.0)
     u1 = U1[0].T @ coef                                   # (m1,) spherical modes of the first term
     P1 = U1[0].T[:, :p]                                   # (m1, p)
@@ -457,16 +493,15 @@ def _gradient(ev: PLSEvaluation, prob: PLSProblem, method: str, a: np.ndarray) -
         lam2 = ev.lam2
         with np.errstate(divide="ignore", invalid="ignore"):
             U2 = np.where(lam2[:, None] != 0, LU2 / lam2[:, None], 0.0)
-        # S^-1 from the Cholesky factor of S (C order lower = F order upper of the transpose)
-        Sinv, _ = linalg.lapack.dpotri(np.array(ev.U2.T, order="F"), lower=0)
+        # S^-1 from the Cholesky factor of S (C order lower = F order upper of the transpose), in L22T's place
+        Sinv, _ = linalg.lapack.dpotri(L22T, lower=0, overwrite_c=1)
         Sinv = Sinv.T                                      # C view: lower triangle valid
         diag = np.diag(Sinv).copy()
-        # B = Lam2 (Z2^T Z1 diag(lam^2 / a^2) Z1^T Z2) Lam2: K fills its lower triangle, the upper stays 0, so
-        # <S^-1, B> over the symmetric matrices is twice the sum over all entries less the diagonal's.
-        B = (prob.K @ (lam * lam / a**2)).reshape(r, r)
-        B *= lam2[:, None]
-        B *= lam2[None, :]
-        tr[0] += float(2.0 * np.vdot(Sinv, B) - diag @ np.diag(B))
+        # B = Lam2 (Z2^T Z1 diag(lam^2 / a^2) Z1^T Z2) Lam2 is nonzero only where K's rows are (its lower triangle
+        # at (ki, kj)), so <S^-1, B> over the symmetric matrices is a sum over those, off-diagonal ones twice.
+        Kc, ki, kj, w, _ = prob.K_lower
+        B = (Kc @ (lam * lam / a**2)) * (lam2[ki] * lam2[kj])
+        tr[0] += float(np.sum(w * B * Sinv[ki, kj]))
         u2 = U2 @ coef
         P2 = U2[:, :p]
         off = 0

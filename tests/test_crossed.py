@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import r_values
+from scipy import optimize
+from threadpoolctl import threadpool_limits
 
 import lmm_helpers as lh
+from lmm_helpers import crossed
 from lmm_helpers.formula import grouping_factor, parse_formula
 from lmm_helpers.pls import ReTerm, conditional_modes, pls_evaluate, pls_problem
 from lmm_helpers.slopes import lambda_index
@@ -278,6 +281,27 @@ def test_analytic_gradient_matches_central_differences(dataset, formula, theta, 
     num = [(pls_evaluate(theta + e, prob, method).deviance - pls_evaluate(theta - e, prob, method).deviance)
            / (2 * h) for e in np.eye(len(theta)) * h]
     np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ML", "REML"])
+def test_scalar_fit_leaves_a_zero_variance_the_criterion_falls_away_from(method, monkeypatch):
+    """From lme4's start (theta = 1) L-BFGS-B stopped at theta_2 = 0 on this model, 1.7 deviance units above the
+    optimum: the criterion is even in theta_2, so its gradient there is 0, although 0 is a maximum in theta_2.
+    Forced to that start, the fit still reaches the minimum of the dense likelihood (Nelder-Mead from two
+    starts, an independent optimiser on an independent criterion), theta_2 well away from 0."""
+    formula = "angle ~ temperature + (1 | recipe) + (1 | replicate)"
+    monkeypatch.setattr(crossed, "_scalar_start", lambda prob, method: (np.ones(2), np.ones(2)))
+    fit = lh.lmm(formula, load("cake"), method)
+    terms, X, y = problem_terms("cake", formula)
+    terms.sort(key=lambda t: -t.n_levels)  # lme4's order (replicate, recipe), as fit.theta
+    with threadpool_limits(1, "blas"):  # 270 x 270 solves: BLAS threads only contend on a shared machine
+        runs = [optimize.minimize(lambda t: dense_criterion(terms, X, y, np.abs(t), method), start,
+                                  method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10})
+                for start in ([1.0, 1.0], [0.5, 0.5])]
+    best = min(runs, key=lambda r: r.fun)
+    assert fit.deviance <= best.fun + 1e-7
+    assert fit.theta[1] > 0.1
+    np.testing.assert_allclose(fit.theta, np.abs(best.x), rtol=1e-4)
 
 
 @pytest.mark.parametrize("dataset,label,method", [
