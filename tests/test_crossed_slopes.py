@@ -102,16 +102,10 @@ def test_every_number_at_lme4s_theta(ref, monkeypatch, dataset, label, formula, 
                                                                           theirs.index("---")]
 
 
-# lmm()'s own optimum. On Oxboys it stops at a worse point: crossed._optimise (owned elsewhere; not fixed here).
-_OXBOYS_STUCK = pytest.mark.xfail(strict=True, reason=(
-    "crossed._optimise: L-BFGS-B steps theta_Occasion from 0.61 onto its bound 0, where the criterion is even in "
-    "it, so its analytic gradient there is exactly 0 and nothing moves it back; it stops at log-likelihood "
-    "-369.51 (ML) with the Occasion SD 0, against lme4's -351.28 with SD 0.32. Restarted from theta_Occasion = "
-    "0.1 it reaches lme4's optimum"))
-OPT = [pytest.param(*f, marks=_OXBOYS_STUCK) if f[0] == "oxboys" else f for f in FITS]
-
-
-@pytest.mark.parametrize("dataset,label,formula,method", OPT)
+# lmm()'s own optimum. On Oxboys it once stopped at a worse point (L-BFGS-B stepped theta_Occasion onto its bound 0,
+# where the criterion is even in it, so its gradient there is exactly 0: log-likelihood -369.51 against lme4's
+# -351.28); crossed._minimise now probes a diagonal entry left at 0, and this test holds it to lme4's optimum.
+@pytest.mark.parametrize("dataset,label,formula,method", FITS)
 def test_optimum_at_least_lme4s(ref, dataset, label, formula, method):
     """Our log-likelihood at least lme4's (measured: ChickWeight 5.2e-7 (ML) and 4.0e-7 (REML) above it,
     sleepstudy 2.5e-10 and 4.5e-9), and the parameters as far from lme4's as its stopping short allows.
@@ -142,14 +136,9 @@ def test_optimum_at_least_lme4s(ref, dataset, label, formula, method):
     np.testing.assert_allclose(vals, re_r, atol=1e-3 * np.abs(re_r).max())
 
 
-_CHICKS_UNCONVERGED = pytest.mark.xfail(strict=True, reason=(
-    "crossed._optimise: L-BFGS-B (finite differences) stops on ftol with a projected gradient of 4.3e-3 (ML) and "
-    "5.1e-3 (REML), above its 2e-3 test, although its deviance is within 2e-8 of the optimum and below lme4's; "
-    "lme4's check scales the gradient by the Hessian (relative steps), and lme4 reports these fits converged"))
-CONV = [pytest.param(*f, marks=_CHICKS_UNCONVERGED) if f[0] == "chickweight" else f for f in FITS]
-
-
-@pytest.mark.parametrize("dataset,label,formula,method", CONV)
+# ChickWeight's fits were once flagged "did not converge" (finite differences stopped with a projected gradient of
+# 4.3e-3 and 5.1e-3 within 2e-8 of the optimum); the analytic gradient and lme4's scaled check now pass them.
+@pytest.mark.parametrize("dataset,label,formula,method", FITS)
 def test_converged_where_lme4_did(ref, dataset, label, formula, method):
     """lme4 converged on each of these fits, or (sleepstudy) ended at a boundary it flags singular."""
     fit = _quiet(lh.lmm, formula, load(dataset), method)
