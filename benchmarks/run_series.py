@@ -74,7 +74,8 @@ def yardstick() -> tuple[float, float, int]:
                               capture_output=True, text=True, check=True).stdout
     names = {r["notebook"]: float(r["wall_s"]) for r in csv.DictReader(recorded.splitlines())}
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "archive", YARDSTICK_COMMIT, "notebooks", "lmm_helpers", "data"],
+        archive = subprocess.run(["git", "archive", YARDSTICK_COMMIT, "notebooks", "lmm_helpers", "data",
+                                  "benchmarks"],
                                  cwd=ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         here = 0.0
