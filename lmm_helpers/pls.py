@@ -225,8 +225,10 @@ def pls_from_sums(sums: PLSSums) -> PLSProblem:
     q1, m1, p = sizes[0], levels[0], sums.p
     r = sum(q * m for q, m in zip(sizes[1:], levels[1:]))
     if r > MAX_DENSE:
-        raise ValueError(f"terms: {r} random effects outside the largest grouping factor; the dense block holds "
-                         f"at most {MAX_DENSE}")
+        raise ValueError(f"terms: the random terms after the one of the most levels have {r} random effects "
+                         f"together, more than the {MAX_DENSE} that lmm's dense block holds (it would take "
+                         f"{r * r * 8 / 2**30:.1f} GB); a general sparse Cholesky, which such models need, is not "
+                         "implemented here")
     A22 = np.ascontiguousarray(sums.A22.toarray()) if r else np.zeros((0, 0))
     A21 = sparse.csr_array(sums.A21)
     K = _schur_coefficients(A21, r, m1, q1)

@@ -190,3 +190,17 @@ def test_two_factors_that_group_the_rows_alike(pen):
     split it evenly without a word (lme4 does the same)."""
     with pytest.raises(ValueError, match="'plate' and 'p2' group the rows identically"):
         lmm("diameter ~ 1 + (1 | plate) + (1 | p2) + (1 | sample)", pen.assign(p2="x" + pen.plate.astype(str)))
+
+
+def test_too_many_random_effects_for_the_dense_block():
+    """Two factors of more than pls.MAX_DENSE levels each: refused before the dense block is allocated, with the
+    count and the memory it would take (not a MemoryError or a machine brought to a halt)."""
+    from lmm_helpers.pls import MAX_DENSE
+
+    rng = np.random.default_rng(7)
+    n = 3 * MAX_DENSE
+    b = rng.permutation(np.arange(n) % (MAX_DENSE + 100))  # every level met
+    data = pd.DataFrame({"a": np.arange(n) % (MAX_DENSE + 500), "b": b, "y": rng.normal(size=n)})
+    data = data.astype({"a": str, "b": str})
+    with pytest.raises(ValueError, match=rf"{MAX_DENSE + 100} random effects together, more than the {MAX_DENSE}"):
+        lmm("y ~ 1 + (1 | a) + (1 | b)", data)
