@@ -17,7 +17,8 @@ linearly from the size before, would exceed 60 s, and reported as "skipped (too 
     .venv/bin/python benchmarks/run_benchmarks.py --update    # -> benchmarks/results/, the tracked results
 
 It writes benchmark.csv, benchmark.md and benchmark.png. Only ``--update`` replaces the tracked files that the README
-and notebook 10 show (then run ``tools/build_series.py`` to refresh the README's table); a run without it leaves them
+and notebook 10 show (then run ``tools/build_series.py`` to refresh the README's table, and re-execute notebook 10,
+whose stored output nbval compares with them); a run without it leaves them
 alone, so trying the benchmark on another machine changes nothing in the repository.
 """
 from __future__ import annotations

@@ -16,7 +16,8 @@ Time is the wall clock of the fit, reading the files included for both routes (D
 the in-memory route's ``read_parquet`` is timed with it). Peak memory is how far the process's peak resident set
 size (Linux ``VmHWM``) rises above what it was after the imports. One run each (the large size leaves no room for
 repeats). Writes ``dask.csv``, ``dask.md`` and ``dask.png`` into ``_build/benchmarks/`` (scratch, not tracked), or with
-``--update`` into ``benchmarks/results/``, the tracked files the README shows (then run ``tools/build_series.py``).
+``--update`` into ``benchmarks/results/``, the tracked files the README and notebook 13 show (then run
+``tools/build_series.py`` and re-execute notebook 13, whose stored output nbval compares with them).
 """
 from __future__ import annotations
 
