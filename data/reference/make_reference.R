@@ -254,13 +254,16 @@ emit("toy", "lmer_REML_wald", "ci_upper", rownames(wald), wald[, 2])
 
 # lme4's profile points (the signed root zeta at each value of one SD, the rest re-optimised), through which
 # confint() interpolates a spline: a pointwise check of the profile itself.
-pr <- as.data.frame(suppressWarnings(profile(toy_ml1, which = "theta_", signames = FALSE)))
-for (nm in unique(as.character(pr$.par))) {
-  sub <- pr[pr$.par == nm, ]
-  terms <- paste0(nm, "#", seq_len(nrow(sub)))
-  emit("toy", "lmer_ML_profile_points", "value", terms, sub[[nm]])
-  emit("toy", "lmer_ML_profile_points", "zeta", terms, sub$.zeta)
+emit_profile_points <- function(dataset, fit, which) {
+  pr <- as.data.frame(suppressWarnings(profile(fit, which = which, signames = FALSE)))
+  for (nm in unique(as.character(pr$.par))) {
+    sub <- pr[pr$.par == nm, ]
+    terms <- paste0(nm, "#", seq_len(nrow(sub)))
+    emit(dataset, "lmer_ML_profile_points", "value", terms, sub[[nm]])
+    emit(dataset, "lmer_ML_profile_points", "zeta", terms, sub$.zeta)
+  }
 }
+emit_profile_points("toy", toy_ml1, "theta_")
 
 gt_reml <- lme4::lmer(logTicks ~ Year + Height + (1 | Brood), data = gt, REML = TRUE)
 record_ranef_lrt("grouseticks", gt_ml, gt_reml, lm(logTicks ~ Year + Height, data = gt))
@@ -274,13 +277,7 @@ save_text("grouseticks_profile_ci", capture.output(print(ci)))
 
 # ---- profile intervals for the fixed effects (notebook 08): lme4's spline through its profile points --------
 # The toy's profile points for beta (zeta at each value of one coefficient, the rest re-optimised).
-pr <- as.data.frame(suppressWarnings(profile(toy_ml1, which = "beta_", signames = FALSE)))
-for (nm in unique(as.character(pr$.par))) {
-  sub <- pr[pr$.par == nm, ]
-  terms <- paste0(nm, "#", seq_len(nrow(sub)))
-  emit("toy", "lmer_ML_profile_points", "value", terms, sub[[nm]])
-  emit("toy", "lmer_ML_profile_points", "zeta", terms, sub$.zeta)
-}
+emit_profile_points("toy", toy_ml1, "beta_")
 ci <- confint(gt_ml, parm = "beta_", method = "profile")
 emit("grouseticks", "lmer_ML_profile", "ci_lower", rownames(ci), ci[, 1])
 emit("grouseticks", "lmer_ML_profile", "ci_upper", rownames(ci), ci[, 2])
